@@ -3,4 +3,7 @@
 The public entry point for other pipelines is :mod:`diml_jax.matching`.
 """
 
+from diml_jax import matching
+
 __version__ = "0.1.0"
+__all__ = ["matching"]
