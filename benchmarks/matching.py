@@ -8,9 +8,10 @@ Three figures (issue 2):
 
 The reference is DIML's published algorithm written in PyTorch (kernel-mode Sinkhorn,
 eps 0.05, cross-correlation marginals, at most 100 iterations, stopping when the mean
-absolute change of the row scaling drops below 0.1). For all pairs it gets its most
-favourable form, every pair in one batched call; for re-ranking it runs as published,
-one query at a time. Each timing is the best of several interleaved repeats, as these
+absolute change of the row scaling drops below 0.1). For all pairs it is timed in two
+forms, every pair in one batched call and one anchor against the batch at a time (as the
+published losses do), and the faster counts; for re-ranking it runs as published, one
+query at a time. Each timing is the best of several interleaved repeats, as these
 machines are noisy.
 
 Two feature regimes, because the reference's stopping rule makes its speed depend on
@@ -79,6 +80,14 @@ def torch_all_pairs(x, g):
   return torch_similarity(x[ia], g[ia], x[ib], g[ib]).reshape(n, n)
 
 
+def torch_per_anchor(x, g):
+  """As the published losses loop: one anchor against the whole batch at a time."""
+  n = x.shape[0]
+  return torch.stack([
+      torch_similarity(x[i].expand_as(x), g[i].expand_as(g), x, g) for i in range(n)
+  ])
+
+
 def torch_rerank(q, gq, cand, gc):
   return torch.stack([
       torch_similarity(q[i].expand_as(cand[i]), gq[i].expand(cand.shape[1], -1), cand[i], gc[i])
@@ -109,13 +118,16 @@ def all_pairs_row(regime: str, repeats: int) -> dict:
   with torch.no_grad():
     times = best_times({
         "ours": lambda: ours(xj).block_until_ready(),
-        "ref": lambda: torch_all_pairs(xt, gt),
+        "ref batched": lambda: torch_all_pairs(xt, gt),
+        "ref per anchor": lambda: torch_per_anchor(xt, gt),
     }, repeats)
     ref_vals = torch_all_pairs(xt, gt).numpy()
+  ref_form = min(("ref batched", "ref per anchor"), key=times.get)
   pairs = B * B
   return {
       "regime": regime, "ours_pairs_per_s": pairs / times["ours"],
-      "ref_pairs_per_s": pairs / times["ref"], "ratio": times["ref"] / times["ours"],
+      "ref_pairs_per_s": pairs / times[ref_form], "ref_form": ref_form[4:],
+      "ratio": times[ref_form] / times["ours"],
       "max_abs_diff_vs_ref": float(np.abs(np.asarray(ours(xj)) - ref_vals).max()),
   }
 
@@ -146,8 +158,8 @@ import resource, sys, time, jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, {root!r})
 from diml_jax import matching
 rng = np.random.default_rng(0)
-xs = jnp.asarray(rng.normal(size=(20000, 16, 128)).astype(np.float32))
-ys = jnp.asarray(rng.normal(size=(100, 16, 128)).astype(np.float32))
+xs = jnp.asarray(rng.standard_normal((20000, 16, 128), dtype=np.float32))
+ys = jnp.asarray(rng.standard_normal((100, 16, 128), dtype=np.float32))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 out = jax.jit(matching.pairwise)(xs, ys).block_until_ready()
@@ -185,11 +197,11 @@ def main():
   print(f"structural matching, {jax.devices()[0].device_kind} x{len(jax.devices())}, "
         f"torch threads {torch.get_num_threads()}")
   print(f"\nall pairs of {B} maps (r={R}, c={C}): {B * B} pairs")
-  print(f"{'features':<10} {'diml_jax pairs/s':>17} {'reference pairs/s':>18} {'ratio':>7} "
-        f"{'max |diff|':>11}")
+  print(f"{'features':<10} {'diml_jax pairs/s':>17} {'reference pairs/s':>18} "
+        f"{'(form)':<12} {'ratio':>7} {'max |diff|':>11}")
   for r in rows:
     print(f"{r['regime']:<10} {r['ours_pairs_per_s']:>17,.0f} {r['ref_pairs_per_s']:>18,.0f} "
-          f"{r['ratio']:>6.1f}x {r['max_abs_diff_vs_ref']:>11.1e}")
+          f"{r['ref_form']:<12} {r['ratio']:>6.1f}x {r['max_abs_diff_vs_ref']:>11.1e}")
   print(f"\nre-rank, 1,000 queries x 100 candidates (relu features): diml_jax "
         f"{rerank['ours_s']:.2f} s ({rerank['ours_pairs_per_s']:,.0f} pairs/s), reference "
         f"{rerank['ref_s']:.1f} s (per-query loop, extrapolated from 100 queries): "
