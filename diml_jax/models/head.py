@@ -1,7 +1,7 @@
 """The DIML embedding head: a backbone's feature map -> global and local (part) embeddings.
 
-DIML (Zhao et al., ICCV 2021, Sec. 3.3 and 4.1; TPAMI 2023) keeps the spatial layout of the
-last-stage feature map: it is resized to 16x16 (bilinear, ``align_corners=True``),
+DIML (Zhao et al., ICCV 2021; TPAMI 2023) keeps the spatial layout of the last-stage feature
+map (reference code: ``architectures/resnet50_diml.py``, ``evaluation/eval_diml.py``): it is resized to 16x16 (bilinear, ``align_corners=True``),
 average-pooled to a ``g x g`` grid (PyTorch ``adaptive_avg_pool2d`` bins, which overlap or
 differ in size when ``g`` does not divide 16) and sent through the embedding layer, a 1x1
 convolution to ``d`` channels, giving ``R = g * g`` local embeddings per image.
@@ -20,6 +20,7 @@ embeddings. Both outputs are L2-normalised as in the reference ``*_normalize`` m
 """
 import functools
 import math
+from typing import Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -74,13 +75,15 @@ def grid_pool_matrix(in_size: int, grid_size: int, resize_to: int | None = RESIZ
       ``in_size``, otherwise a resize to ``4 * grid_size``.
 
   Returns:
-    a float64 matrix whose rows sum to one.
+    a read-only float64 matrix whose rows sum to one.
   """
-  if resize_to is None:
-    if in_size % grid_size == 0:
-      return adaptive_pool_matrix(in_size, grid_size)
-    resize_to = 4 * grid_size
-  return adaptive_pool_matrix(resize_to, grid_size) @ bilinear_matrix(in_size, resize_to)
+  if resize_to is None and in_size % grid_size == 0:
+    weights = adaptive_pool_matrix(in_size, grid_size)
+  else:
+    resize_to = resize_to or 4 * grid_size
+    weights = adaptive_pool_matrix(resize_to, grid_size) @ bilinear_matrix(in_size, resize_to)
+  weights.setflags(write=False)  # shared by the cache
+  return weights
 
 
 def grid_pool(feature_map: jnp.ndarray, grid_size: int, *,
@@ -127,8 +130,9 @@ class EmbeddingModel(nn.Module):
   like PyTorch's default (uniform ``+-1/sqrt(c)`` kernel) with a zero bias.
 
   Attributes:
-    backbone: a module mapping images to ``(pooled, aux)`` with ``aux["feature_map"]``
-      ``[b, h, w, c]``, e.g. ``ResNet50()`` or ``EfficientNetLite0()``.
+    backbone: a module called as ``backbone(images, train=...)`` returning
+      ``(pooled [b, c], aux)`` with ``aux["feature_map"]`` ``[b, h, w, c]``, e.g.
+      ``ResNet50()`` or ``EfficientNetLite0()``.
     embed_dim: ``d``, the embedding size (128 in the papers).
     grid_size: ``g``, cells per side of the part grid (4 in the papers; 1..7 studied).
     resize_to: side of the bilinear resize before pooling (16); ``None`` follows the
@@ -141,7 +145,7 @@ class EmbeddingModel(nn.Module):
   embed_dim: int = 128
   grid_size: int = 4
   resize_to: int | None = RESIZE_TO
-  global_from: str = "feature_map"
+  global_from: Literal["feature_map", "grid"] = "feature_map"
   normalize: bool = True
 
   @nn.compact
@@ -156,9 +160,11 @@ class EmbeddingModel(nn.Module):
 
     Returns:
       ``(global, aux)``: the global embedding ``[b, d]``, and in ``aux``:
-      ``"local"`` ``[b, g * g, d]`` (grid cells in row-major order), ``"grid"``
-      ``(g, g)``, the backbone's ``"feature_map"`` ``[b, h, w, c]`` and ``"pooled"``
-      ``[b, c]`` (the average-pooled map).
+      ``"local"`` ``[b, g * g, d]`` (the ``g = self.grid_size`` cells per side in
+      row-major order: ``local.reshape(b, g, g, d)`` is the grid), the backbone's
+      ``"feature_map"`` ``[b, h, w, c]`` and ``"pooled"`` ``[b, c]`` (the average-pooled
+      map). The grid size is not in ``aux``: an int returned from ``jit`` would become an
+      array, while ``self.grid_size`` stays static.
     """
     check_images(images)
     if self.global_from not in ("feature_map", "grid"):
@@ -178,6 +184,5 @@ class EmbeddingModel(nn.Module):
       global_ = embed(pooled.astype(jnp.float32))
     if self.normalize:
       local, global_ = l2_normalize(local), l2_normalize(global_)
-    aux = {"local": local, "grid": (self.grid_size, self.grid_size),
-           "feature_map": feature_map, "pooled": pooled}
+    aux = {"local": local, "feature_map": feature_map, "pooled": pooled}
     return global_, aux
