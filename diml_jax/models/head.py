@@ -1,10 +1,11 @@
 """The DIML embedding head: a backbone's feature map -> global and local (part) embeddings.
 
-DIML (Zhao et al., ICCV 2021; TPAMI 2023) keeps the spatial layout of the last-stage feature
-map (reference code: ``architectures/resnet50_diml.py``, ``evaluation/eval_diml.py``): it is resized to 16x16 (bilinear, ``align_corners=True``),
-average-pooled to a ``g x g`` grid (PyTorch ``adaptive_avg_pool2d`` bins, which overlap or
-differ in size when ``g`` does not divide 16) and sent through the embedding layer, a 1x1
-convolution to ``d`` channels, giving ``R = g * g`` local embeddings per image.
+DIML (Zhao et al., ICCV 2021; TPAMI 2023; reference code ``architectures/resnet50_diml.py``
+and ``evaluation/eval_diml.py``) keeps the spatial layout of the last-stage feature map: it
+is resized to 16x16 (bilinear, ``align_corners=True``), average-pooled to a ``g x g`` grid
+(PyTorch ``adaptive_avg_pool2d`` bins, which overlap or differ in size when ``g`` does not
+divide 16) and sent through the embedding layer, a 1x1 convolution to ``d`` channels, giving
+``R = g * g`` local embeddings per image.
 
 Resizing and pooling are fixed linear maps whose weights sum to one, and the embedding
 layer is affine, so the two orders are equal: pooling the map and then embedding (this

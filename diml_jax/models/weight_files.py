@@ -190,8 +190,12 @@ def _load_torch_zip(path: pathlib.Path) -> Any:
       byteorder = archive.read(f"{prefix}byteorder").decode("ascii").strip()
     with archive.open(pickles[0]) as f:
       obj, storages = _restricted_load(f)
+    names = set(archive.namelist())
     for storage in storages.values():
-      _set_storage(storage, archive.read(f"{prefix}data/{storage.key}"), byteorder)
+      member = f"{prefix}data/{storage.key}"
+      if member not in names:
+        raise ValueError(f"{path}: no data for storage {storage.key!r} ({member})")
+      _set_storage(storage, archive.read(member), byteorder)
   return _resolve(obj)
 
 
@@ -204,6 +208,8 @@ def _load_torch_legacy(path: pathlib.Path) -> Any:
     byteorder = "little" if sys_info.get("little_endian", True) else "big"
     obj, storages = _restricted_load(f)
     keys, _ = _restricted_load(f)
+    if not isinstance(keys, list):
+      raise ValueError(f"{path}: expected the list of storage keys after the pickle")
     for key in keys:
       if key not in storages:
         raise ValueError(f"{path}: raw data for storage {key!r}, which no tensor uses")

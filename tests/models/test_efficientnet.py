@@ -8,9 +8,9 @@ import skimage.data
 import torch
 from PIL import Image
 
-from diml_jax.models import (LITE0_STAGES, EfficientNetLite, EfficientNetLite0, EfficientNetLiteTiny,
-                             backbone_variables, imagenet_variables, lite0_weights_path,
-                             load_state_dict)
+from diml_jax.models import (LITE0_STAGES, EfficientNetLite, EfficientNetLite0,
+                             EfficientNetLiteTiny, backbone_variables, imagenet_variables,
+                             lite0_weights_path, load_state_dict)
 from tests.models.helpers import assert_rel_close
 from tests.models.torch_reference import TorchEfficientNetLite, randomize_batch_norm
 
