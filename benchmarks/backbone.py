@@ -8,7 +8,8 @@ Networks: ResNet-50 (random weights with random batch-norm statistics) and Effic
 (its real ImageNet weights), both in inference mode with their ImageNet classifier. The
 PyTorch networks are the independent references of the parity tests
 (``tests/models/torch_reference.py``), loaded with the very state dict our model is converted
-from. On a GPU, ours also runs in bfloat16 (``dtype=jnp.bfloat16``); PyTorch runs float32 on
+from. Ours and PyTorch alternate call by call after warm-up and each reports its median call,
+so other load on a shared machine falls on both alike. On a GPU, ours also runs in bfloat16 (``dtype=jnp.bfloat16``); PyTorch runs float32 on
 its own best device, so a ratio compares devices only where both ran on the same one.
 
 JSON keys: ``ratio`` (geometric mean over networks of ours / PyTorch, float32, same device;
@@ -36,14 +37,29 @@ from tests.models.torch_reference import (TorchBottleneck, TorchEfficientNetLite
                                           randomize_batch_norm)
 
 
-def _throughput(run, batch_size: int, min_seconds: float, min_iters: int) -> float:
-  """Images/s of ``run()`` (which blocks until done) after one warm-up call."""
-  run()
-  iters, start = 0, time.perf_counter()
-  while iters < min_iters or time.perf_counter() - start < min_seconds:
-    run()
-    iters += 1
-  return iters * batch_size / (time.perf_counter() - start)
+_WARMUP_CALLS = 3
+
+
+def _interleaved_throughput(runs: dict, batch_size: int, min_seconds: float,
+                            min_rounds: int) -> dict:
+  """Median images/s of each ``runs[name]()`` (which blocks until done), after warm-up.
+
+  The runs alternate round by round so that load from other processes on a shared machine
+  falls on all of them alike. PyTorch's first calls on a CPU are several times slower than
+  its steady state (oneDNN primitives, allocator), hence a few warm-up calls.
+  """
+  for run in runs.values():
+    for _ in range(_WARMUP_CALLS):
+      run()
+  seconds = {name: [] for name in runs}
+  start, rounds = time.perf_counter(), 0
+  while rounds < min_rounds or time.perf_counter() - start < min_seconds:
+    for name, run in runs.items():
+      tic = time.perf_counter()
+      run()
+      seconds[name].append(time.perf_counter() - tic)
+    rounds += 1
+  return {name: batch_size / float(np.median(s)) for name, s in seconds.items()}
 
 
 def _networks():
@@ -60,9 +76,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--batch-size", type=int, default=8)
   parser.add_argument("--image-size", type=int, default=224)
-  parser.add_argument("--min-seconds", type=float, default=4.0,
-                      help="time each measurement at least this long")
-  parser.add_argument("--min-iters", type=int, default=3)
+  parser.add_argument("--min-seconds", type=float, default=8.0,
+                      help="time each network at least this long (all runs together)")
+  parser.add_argument("--min-rounds", type=int, default=3)
   parser.add_argument("--json", action="store_true", help="print one JSON line at the end")
   args = parser.parse_args()
 
@@ -74,7 +90,7 @@ def main() -> None:
   dtypes = {"f32": jnp.float32, "bf16": jnp.bfloat16} if on_gpu else {"f32": jnp.float32}
   b, s = args.batch_size, args.image_size
   images = np.random.default_rng(0).normal(size=(b, s, s, 3)).astype(np.float32)
-  timing = dict(batch_size=b, min_seconds=args.min_seconds, min_iters=args.min_iters)
+  timing = dict(batch_size=b, min_seconds=args.min_seconds, min_rounds=args.min_rounds)
 
   ours, theirs, rows = {}, {}, []
   for name, ctor, torch_model in _networks():
@@ -86,19 +102,24 @@ def main() -> None:
       with torch.inference_mode():
         model(x)[1].cpu()
 
-    theirs[name] = _throughput(run_torch, **timing)
+    runs, compile_s = {"torch": run_torch}, {}
     for dtype_name, dtype in dtypes.items():
       model = ctor(num_classes=1000, dtype=dtype)
       variables = jax.device_put(backbone_variables(state_dict, model), device)
       forward = jax.jit(lambda v, x, model=model: model.apply(v, x)[1]["logits"])
       x = jax.device_put(images, device)
-      compile_start = time.perf_counter()
+      tic = time.perf_counter()
       jax.block_until_ready(forward(variables, x))
-      compile_s = time.perf_counter() - compile_start
+      compile_s[dtype_name] = time.perf_counter() - tic
+      runs[dtype_name] = (lambda f=forward, v=variables, x=x:
+                          jax.block_until_ready(f(v, x)))
+    measured = _interleaved_throughput(runs, **timing)
+    theirs[name] = measured["torch"]
+    for dtype_name in dtypes:
       key = f"{name}/{dtype_name}"
-      ours[key] = _throughput(lambda: jax.block_until_ready(forward(variables, x)), **timing)
+      ours[key] = measured[dtype_name]
       ratio = ours[key] / theirs[name] if dtype_name == "f32" and same_device else None
-      rows.append((key, ours[key], theirs[name], ratio, compile_s))
+      rows.append((key, ours[key], theirs[name], ratio, compile_s[dtype_name]))
 
   ratios = {k: r for k, _, _, r, _ in rows if r is not None}
   summary = {
