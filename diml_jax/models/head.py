@@ -1,0 +1,189 @@
+"""The DIML embedding head: a backbone's feature map -> global and local (part) embeddings.
+
+DIML (Zhao et al., ICCV 2021; TPAMI 2023; reference code ``architectures/resnet50_diml.py``
+and ``evaluation/eval_diml.py``) keeps the spatial layout of the last-stage feature map: it
+is resized to 16x16 (bilinear, ``align_corners=True``), average-pooled to a ``g x g`` grid
+(PyTorch ``adaptive_avg_pool2d`` bins, which overlap or differ in size when ``g`` does not
+divide 16) and sent through the embedding layer, a 1x1 convolution to ``d`` channels, giving
+``R = g * g`` local embeddings per image.
+
+Resizing and pooling are fixed linear maps whose weights sum to one, and the embedding
+layer is affine, so the two orders are equal: pooling the map and then embedding (this
+module) gives exactly what the reference computes for a *baseline* model at test time --
+the embedding layer applied at every position of the map, then pooled to the grid. One
+code path therefore serves DIML training and test-time DIML on any baseline (tested).
+
+The global embedding is, by default (``global_from="feature_map"``), the embedding of the
+globally average-pooled feature map: the ordinary metric-learning embedding, identical to
+the reference baseline's ``last_linear(avgpool(x))``. ``global_from="grid"`` gives the
+reference DIML-trained model's choice instead: the mean of the (unnormalised) local
+embeddings. Both outputs are L2-normalised as in the reference ``*_normalize`` models.
+"""
+import functools
+import math
+from typing import Literal
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from diml_jax.models.common import check_images, l2_normalize
+
+# The reference resizes the last-stage map to 16x16 before pooling to the grid.
+RESIZE_TO = 16
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """Weights ``[out_size, in_size]`` of 1-D linear interpolation with aligned corners.
+
+  Output ``o`` samples input coordinate ``o * (in_size - 1) / (out_size - 1)``, as
+  ``torch.nn.functional.interpolate(..., mode="bilinear", align_corners=True)``.
+  """
+  scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+  src = np.arange(out_size) * scale
+  lo = np.minimum(np.floor(src).astype(int), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = src - lo
+  weights = np.zeros((out_size, in_size))
+  np.add.at(weights, (np.arange(out_size), lo), 1.0 - frac)
+  np.add.at(weights, (np.arange(out_size), hi), frac)
+  return weights
+
+
+def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """Weights ``[out_size, in_size]`` of 1-D adaptive average pooling (PyTorch's bins).
+
+  Bin ``o`` averages inputs ``floor(o * in / out)`` to ``ceil((o + 1) * in / out) - 1``.
+  """
+  weights = np.zeros((out_size, in_size))
+  for o in range(out_size):
+    start = (o * in_size) // out_size
+    end = -((-(o + 1) * in_size) // out_size)
+    weights[o, start:end] = 1.0 / (end - start)
+  return weights
+
+
+@functools.lru_cache(maxsize=None)
+def grid_pool_matrix(in_size: int, grid_size: int, resize_to: int | None = RESIZE_TO
+                     ) -> np.ndarray:
+  """Weights ``[grid_size, in_size]`` of resize-then-pool along one axis.
+
+  Args:
+    in_size: length of the feature map axis.
+    grid_size: number of grid cells along the axis.
+    resize_to: bilinear (aligned-corners) resize before pooling. ``None`` follows the
+      reference's test-time evaluation of baselines: no resize when ``grid_size`` divides
+      ``in_size``, otherwise a resize to ``4 * grid_size``.
+
+  Returns:
+    a read-only float64 matrix whose rows sum to one.
+  """
+  if resize_to is None and in_size % grid_size == 0:
+    weights = adaptive_pool_matrix(in_size, grid_size)
+  else:
+    resize_to = resize_to or 4 * grid_size
+    weights = adaptive_pool_matrix(resize_to, grid_size) @ bilinear_matrix(in_size, resize_to)
+  weights.setflags(write=False)  # shared by the cache
+  return weights
+
+
+def grid_pool(feature_map: jnp.ndarray, grid_size: int, *,
+              resize_to: int | None = RESIZE_TO) -> jnp.ndarray:
+  """Resizes a feature map bilinearly (aligned corners) and average-pools it to a grid.
+
+  Equals ``adaptive_avg_pool2d(interpolate(x, resize_to, "bilinear", align_corners=True),
+  grid_size)`` in PyTorch, computed as two small matrix products (the weights are
+  separable and depend only on the static shapes).
+
+  Args:
+    feature_map: ``[b, h, w, c]``.
+    grid_size: ``g``, cells per side, ``1 <= g <= resize_to``.
+    resize_to: side of the intermediate resize; see :func:`grid_pool_matrix` for ``None``.
+
+  Returns:
+    the grid ``[b, g, g, c]``, in ``feature_map``'s dtype.
+  """
+  if feature_map.ndim != 4:
+    raise ValueError(f"`feature_map` must be [b, h, w, c]; got shape {feature_map.shape}.")
+  if resize_to is None:
+    upper, expected = math.inf, "a positive integer"
+  elif isinstance(resize_to, int) and resize_to >= 1:
+    upper, expected = resize_to, f"an integer in 1..{resize_to} (the resized map's side)"
+  else:
+    raise ValueError(f"`resize_to` must be a positive integer or None; got {resize_to!r}.")
+  if not isinstance(grid_size, int) or not 1 <= grid_size <= upper:
+    raise ValueError(f"`grid_size` must be {expected}; got {grid_size!r}.")
+  rows = grid_pool_matrix(feature_map.shape[1], grid_size, resize_to)
+  cols = grid_pool_matrix(feature_map.shape[2], grid_size, resize_to)
+  dtype = feature_map.dtype
+  return jnp.einsum("gh,bhwc,kw->bgkc", rows.astype(dtype), feature_map, cols.astype(dtype))
+
+
+class EmbeddingModel(nn.Module):
+  """A backbone with the DIML embedding head: global and local embeddings of images.
+
+  Serves baseline metric learning (use the global embedding), DIML training (both), and
+  test-time DIML on a baseline (the same code; see the module docstring). The grid can be
+  changed after training without touching the parameters: ``model.clone(grid_size=2)``.
+
+  Parameters: ``params["backbone"]`` (and ``batch_stats["backbone"]``), and
+  ``params["embedding"]``, the 1x1 convolution as a dense layer ``[c, d]``, initialised
+  like PyTorch's default (uniform ``+-1/sqrt(c)`` kernel) with a zero bias.
+
+  Attributes:
+    backbone: a module called as ``backbone(images, train=...)`` returning
+      ``(pooled [b, c], aux)`` with ``aux["feature_map"]`` ``[b, h, w, c]``, e.g.
+      ``ResNet50()`` or ``EfficientNetLite0()``.
+    embed_dim: ``d``, the embedding size (128 in the papers).
+    grid_size: ``g``, cells per side of the part grid (4 in the papers; 1..7 studied).
+    resize_to: side of the bilinear resize before pooling (16); ``None`` follows the
+      reference's test-time rule for baselines (see :func:`grid_pool_matrix`).
+    global_from: ``"feature_map"`` (embedding of the average-pooled map, the baseline
+      embedding) or ``"grid"`` (mean of the local embeddings, the reference DIML model's).
+    normalize: L2-normalise both outputs (the reference ``*_normalize`` variants).
+  """
+  backbone: nn.Module
+  embed_dim: int = 128
+  grid_size: int = 4
+  resize_to: int | None = RESIZE_TO
+  global_from: Literal["feature_map", "grid"] = "feature_map"
+  normalize: bool = True
+
+  @nn.compact
+  def __call__(self, images: jnp.ndarray, *, train: bool = False
+               ) -> tuple[jnp.ndarray, dict]:
+    """Embeds a batch of images.
+
+    Args:
+      images: normalised images ``[b, h, w, 3]`` (see the backbone's ``pixel_mean`` /
+        ``pixel_std``).
+      train: training mode, passed to the backbone.
+
+    Returns:
+      ``(global, aux)``: the global embedding ``[b, d]``, and in ``aux``:
+      ``"local"`` ``[b, g * g, d]`` (the ``g = self.grid_size`` cells per side in
+      row-major order: ``local.reshape(b, g, g, d)`` is the grid), the backbone's
+      ``"feature_map"`` ``[b, h, w, c]`` and ``"pooled"`` ``[b, c]`` (the average-pooled
+      map). The grid size is not in ``aux``: an int returned from ``jit`` would become an
+      array, while ``self.grid_size`` stays static.
+    """
+    check_images(images)
+    if self.global_from not in ("feature_map", "grid"):
+      raise ValueError("`global_from` must be 'feature_map' or 'grid'; got"
+                       f" {self.global_from!r}.")
+    pooled, backbone_aux = self.backbone(images, train=train)
+    feature_map = backbone_aux["feature_map"]
+    grid = grid_pool(feature_map.astype(jnp.float32), self.grid_size,
+                     resize_to=self.resize_to)
+    # U(-1/sqrt(c), 1/sqrt(c)), PyTorch's default for the reference's Conv2d.
+    embed = nn.Dense(self.embed_dim, name="embedding",
+                     kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"))
+    local = embed(grid).reshape(grid.shape[0], self.grid_size**2, self.embed_dim)
+    if self.global_from == "grid":
+      global_ = jnp.mean(local, axis=1)
+    else:
+      global_ = embed(pooled.astype(jnp.float32))
+    if self.normalize:
+      local, global_ = l2_normalize(local), l2_normalize(global_)
+    aux = {"local": local, "feature_map": feature_map, "pooled": pooled}
+    return global_, aux

@@ -1,0 +1,162 @@
+"""Independent PyTorch references: ResNet in torchvision's state-dict layout and
+EfficientNet-Lite in EfficientNet-PyTorch's, NCHW, written from the papers' descriptions.
+
+Used by the parity tests and, as the same-run reference, by ``benchmarks/backbone.py``.
+torchvision is deliberately not a dependency; the key names here are torchvision's and
+EfficientNet-PyTorch's so that real checkpoints load with ``load_state_dict(strict=True)``.
+"""
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class TorchBasicBlock(nn.Module):
+  expansion = 1
+
+  def __init__(self, in_planes: int, planes: int, stride: int):
+    super().__init__()
+    self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.downsample = None
+    if stride != 1 or in_planes != planes:
+      self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                                      nn.BatchNorm2d(planes))
+
+  def forward(self, x):
+    y = F.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class TorchBottleneck(nn.Module):
+  expansion = 4
+
+  def __init__(self, in_planes: int, planes: int, stride: int):
+    super().__init__()
+    out = planes * 4
+    self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(out)
+    self.downsample = None
+    if stride != 1 or in_planes != out:
+      self.downsample = nn.Sequential(nn.Conv2d(in_planes, out, 1, stride, bias=False),
+                                      nn.BatchNorm2d(out))
+
+  def forward(self, x):
+    y = F.relu(self.bn1(self.conv1(x)))
+    y = F.relu(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    return F.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class TorchResNet(nn.Module):
+  """Returns ``(feature_map NCHW, logits)``."""
+
+  def __init__(self, block, layers, width: int = 64, num_classes: int = 1000):
+    super().__init__()
+    self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    in_planes = width
+    for i, num_blocks in enumerate(layers):
+      blocks = []
+      for j in range(num_blocks):
+        blocks.append(block(in_planes, width * 2**i, 2 if i > 0 and j == 0 else 1))
+        in_planes = width * 2**i * block.expansion
+      setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+    self.fc = nn.Linear(in_planes, num_classes)
+
+  def forward(self, x):
+    x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    return x, self.fc(x.mean((2, 3)))
+
+
+def _pad_same(x, kernel: int, stride: int):
+  """TensorFlow SAME padding: the odd pixel of the total padding goes after."""
+  pads = []
+  for size in (x.shape[3], x.shape[2]):  # F.pad wants the last axis first
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    pads += [total // 2, total - total // 2]
+  return F.pad(x, pads)
+
+
+class TorchSameConv(nn.Conv2d):
+
+  def forward(self, x):
+    return super().forward(_pad_same(x, self.kernel_size[0], self.stride[0]))
+
+
+def _bn(c):
+  return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+
+class TorchMBConv(nn.Module):
+
+  def __init__(self, in_c, out_c, kernel, stride, expand):
+    super().__init__()
+    hidden = in_c * expand
+    if expand != 1:
+      self._expand_conv = TorchSameConv(in_c, hidden, 1, bias=False)
+      self._bn0 = _bn(hidden)
+    self._depthwise_conv = TorchSameConv(hidden, hidden, kernel, stride, groups=hidden,
+                                         bias=False)
+    self._bn1 = _bn(hidden)
+    self._project_conv = TorchSameConv(hidden, out_c, 1, bias=False)
+    self._bn2 = _bn(out_c)
+    self.expand, self.skip = expand, stride == 1 and in_c == out_c
+
+  def forward(self, x):
+    y = x
+    if self.expand != 1:
+      y = F.relu6(self._bn0(self._expand_conv(y)))
+    y = F.relu6(self._bn1(self._depthwise_conv(y)))
+    y = self._bn2(self._project_conv(y))
+    return y + x if self.skip else y
+
+
+class TorchEfficientNetLite(nn.Module):
+  """``stages``: (blocks, kernel, stride, expand, out) rows. Returns ``(map, logits)``."""
+
+  def __init__(self, stages, stem=32, head=1280, num_classes=1000):
+    super().__init__()
+    self._conv_stem = TorchSameConv(3, stem, 3, 2, bias=False)
+    self._bn0 = _bn(stem)
+    blocks, in_c = [], stem
+    for num_blocks, kernel, stride, expand, out_c in stages:
+      for j in range(num_blocks):
+        blocks.append(TorchMBConv(in_c, out_c, kernel, stride if j == 0 else 1, expand))
+        in_c = out_c
+    self._blocks = nn.ModuleList(blocks)
+    self._conv_head = TorchSameConv(in_c, head, 1, bias=False)
+    self._bn1 = _bn(head)
+    self._fc = nn.Linear(head, num_classes)
+
+  def forward(self, x):
+    x = F.relu6(self._bn0(self._conv_stem(x)))
+    for block in self._blocks:
+      x = block(x)
+    x = F.relu6(self._bn1(self._conv_head(x)))
+    return x, self._fc(x.mean((2, 3)))
+
+
+def randomize_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
+  """Gives every batch norm random statistics and affine parameters, so that parity tests
+  see a wrong mapping of mean/var/scale/bias."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for module in model.modules():
+      if isinstance(module, nn.BatchNorm2d):
+        c = module.num_features
+        module.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
+        module.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+        module.weight.copy_(0.5 + torch.rand(c, generator=gen))
+        module.bias.copy_(0.1 * torch.randn(c, generator=gen))
+  return model
