@@ -26,6 +26,7 @@ Public functions:
   ``(sum T⊙S + <g_a, g_b>) / 2`` and ``(sum T⊙D + ||g_a - g_b||) / 2``.
 - :func:`pairwise`: all pairs between two sets, ``[n, m]``, memory-bounded.
 - :func:`rerank`: each query against its own candidates, ``[q, k]``.
+- :func:`transport`: the solver alone, for given similarities and marginals.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ __all__ = [
     "diml_distance",
     "pairwise",
     "rerank",
+    "transport",
     "normalize",
 ]
 
@@ -668,6 +670,46 @@ def _checked_match(x, y, gx, gy, marginals, opts: SinkhornOptions):
       given.append(_float32(m))
     given = tuple(given)
   return _match_core(x, y, gx, gy, given, marginals=kind, opts=opts)
+
+
+def transport(
+    similarity: jax.Array, mu: jax.Array, nu: jax.Array, **options
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The entropic flow for given part similarities and marginals: DIML's solver, bare.
+
+  For variants that build their own problem (augmented with dummy parts for partial
+  transport, or with marginals from attention), solved exactly as :func:`match` solves
+  its own: cost ``1 - similarity``, OTT-JAX's Sinkhorn with the options of :func:`match`.
+
+  Args:
+    similarity: part similarities ``S`` ``[..., r1, r2]`` (cost ``1 - S``).
+    mu: non-negative weights ``[..., r1]``, normalised to sum 1 (uniform if all zero).
+    nu: non-negative weights ``[..., r2]``, likewise.
+    **options: Sinkhorn options of :func:`match` (``epsilon``, ``threshold``, ...).
+
+  Returns:
+    ``(flow [..., r1, r2], iterations [...], error [...])``.
+  """
+  opts = _options(**options)
+  similarity = jnp.asarray(similarity)
+  if similarity.ndim < 2 or not jnp.issubdtype(similarity.dtype, jnp.floating):
+    raise ValueError(
+        f"similarity must be a floating-point array [..., r1, r2]; got shape "
+        f"{similarity.shape} and dtype {similarity.dtype}."
+    )
+  batch, (r1, r2) = similarity.shape[:-2], similarity.shape[-2:]
+  for name, m, r in (("mu", mu, r1), ("nu", nu, r2)):
+    if jnp.shape(m) != batch + (r,):
+      raise ValueError(f"{name} must have shape {batch + (r,)}; got {jnp.shape(m)}.")
+  return _transport_core(similarity, jnp.asarray(mu), jnp.asarray(nu), opts=opts)
+
+
+@functools.partial(jax.jit, static_argnames=("opts",))
+def _transport_core(s, mu, nu, *, opts: SinkhornOptions):
+  s = _float32(s)
+  return _flat_transport(
+      s, _cross_marginal(mu.astype(s.dtype)), _cross_marginal(nu.astype(s.dtype)), opts
+  )
 
 
 def structural_similarity(x, y, gx=None, gy=None, *, marginals="cross", **options):

@@ -335,3 +335,13 @@ def test_docstring_example_runs():
   import doctest
   result = doctest.testmod(matching, raise_on_error=False, verbose=False)
   assert result.attempted >= 4 and result.failed == 0
+
+
+def test_transport_solves_given_problems_like_match():
+  xs, ys = batch("relu", 4, seed=19, r1=9, r2=16)
+  m = matching.match(xs, ys)
+  flow, iterations, error = matching.transport(m.part_similarity, m.mu, 3 * m.nu)
+  np.testing.assert_allclose(flow, m.flow, atol=1e-6)
+  np.testing.assert_array_equal(iterations, m.iterations)
+  with pytest.raises(ValueError, match="nu must have shape"):
+    matching.transport(m.part_similarity, m.mu, m.nu[:, :3])
