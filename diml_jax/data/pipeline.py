@@ -142,7 +142,9 @@ class _EvalBatch:
         else:
           pixels[row] = image
     labels = np.where(mask, self.decoder.dataset.labels[np.minimum(indices, n - 1)], -1)
-    batch = {"image": images_lib.normalize(pixels, self.normalization),
+    normalized = images_lib.normalize(pixels, self.normalization)
+    normalized[~mask] = 0.0
+    batch = {"image": normalized,
              "label": labels.astype(np.int32),
              "index": np.where(indices < n, indices, -1).astype(np.int64),
              "mask": mask}
