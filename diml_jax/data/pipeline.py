@@ -168,7 +168,11 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
     self.skipped = collections.Counter()
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch, skipped = next(self._iterator)
+    try:
+      batch, skipped = next(self._iterator)
+    except StopIteration:
+      self.close()  # frees the workers' shared memory now, not at garbage collection
+      raise
     self.skipped.update(skipped)
     self._epoch_skipped.update(skipped)
     self.step += 1
