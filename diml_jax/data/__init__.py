@@ -42,6 +42,11 @@ from diml_jax.data.pipeline import device_prefetch
 from diml_jax.data.pipeline import eval_iterator
 from diml_jax.data.pipeline import train_iterator
 
+__all__ = [
+    "BatchIterator", "CorruptImageError", "Dataset", "EFFICIENTNET_LITE", "IMAGENET", "NAMES",
+    "Normalization", "device_prefetch", "eval_iterator", "load", "train_iterator",
+]
+
 _ARCHIVES = {"cub200": cub.load, "cars196": cars196.load, "sop": sop.load}
 NAMES = (*_ARCHIVES, "openclipart", "synthetic")
 SOURCES = ("files", "tfds")

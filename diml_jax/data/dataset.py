@@ -138,8 +138,9 @@ def from_class_ids(
       **kwargs)
 
 
-def layout_error(name: str, root: epath.PathLike, expected: Sequence[str], found: str) -> Exception:
-  """One message for a missing root or a wrong layout: what was expected, where, and what is there."""
+def layout_error(name: str, root: epath.PathLike, expected: Sequence[str],
+                 found: str) -> Exception:
+  """One message for a missing root or a wrong layout: what was expected, where, what is there."""
   lines = "\n".join(f"  {line}" for line in expected)
   return FileNotFoundError(
       f"{name}: {root} does not hold the expected layout.\nExpected under {root}:\n{lines}\n"

@@ -10,7 +10,7 @@ symbolic links between categories, or as identical files under two names. Here
 * images above ``max_pixels`` (4 megapixels) are left out: the package has 14 posters of
   up to 21,000 x 30,000 pixels, each taking seconds to decode (most images are < 1,000 px);
 * categories with at least ``min_images`` (20) distinct images are kept (75 categories,
-  6,312 images with the Debian package of 2026);
+  6,298 images with the Debian package of 2026);
 * the split is class-disjoint and deterministic: the kept categories sorted by name,
   those at even positions (0, 2, 4, ...) train, those at odd positions test.
 

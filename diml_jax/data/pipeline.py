@@ -112,9 +112,9 @@ class _TrainBatch:
       if image is not None:
         return image, skipped
       skipped.append(self.decoder.dataset.images.describe(candidate))
+    dataset = self.decoder.dataset
     raise images_lib.CorruptImageError(
-        f"every image of class {self.decoder.dataset.class_names[self.decoder.dataset.labels[i]]!r} "
-        f"is corrupt: {skipped}")
+        f"every image of class {dataset.class_names[dataset.labels[i]]!r} is corrupt: {skipped}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,14 +164,17 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
     self._steps_per_epoch = steps_per_epoch
     self._name = name
     self._epoch_skipped = collections.Counter()
+    self._closed = False
     self.step = step
     self.skipped = collections.Counter()
 
   def __next__(self) -> dict[str, np.ndarray]:
+    if self._closed:
+      raise StopIteration
     try:
       batch, skipped = next(self._iterator)
     except StopIteration:
-      self.close()  # frees the workers' shared memory now, not at garbage collection
+      self.close()  # stops the workers now, not at garbage collection
       raise
     self.skipped.update(skipped)
     self._epoch_skipped.update(skipped)
@@ -187,7 +190,8 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
     self._epoch_skipped.clear()
 
   def close(self) -> None:
-    """Stops the worker processes (also done when the iterator is garbage-collected)."""
+    """Stops the worker processes (also done at the end and at garbage collection)."""
+    self._closed = True
     self._iterator.close()
 
 

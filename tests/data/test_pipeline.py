@@ -86,7 +86,8 @@ def test_corrupt_image_is_skipped_counted_and_reported(cub_root, caplog):
   assert iterator.step == 30
   reports = [r.getMessage() for r in caplog.records if "corrupt" in r.getMessage()]
   assert reports and all("cub200/train, epoch" in r and corrupt in r for r in reports)
-  assert sum(int(r.split("skipped ")[1].split(" ")[0]) for r in reports) == iterator.skipped[corrupt]
+  reported = sum(int(r.split("skipped ")[1].split(" ")[0]) for r in reports)
+  assert reported == iterator.skipped[corrupt]
 
 
 def test_corrupt_image_raises_when_asked(cub_root):
