@@ -63,6 +63,15 @@ def open_image(data: bytes) -> Image.Image:
     raise CorruptImageError(f"cannot identify image: {e}") from e
 
 
+def decode(image: Image.Image) -> Image.Image:
+  """Decodes the pixel data of an opened image; raises :class:`CorruptImageError`."""
+  try:
+    image.load()
+  except (OSError, SyntaxError, ValueError) as e:
+    raise CorruptImageError(f"cannot decode image: {e}") from e
+  return image
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
   """Decodes ``image`` and converts any PIL mode to RGB.
 
@@ -70,8 +79,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
   white, so clip art keeps its look; grayscale, CMYK and the others go through PIL's
   conversion. Raises :class:`CorruptImageError` when the pixel data cannot be decoded.
   """
+  decode(image)
   try:
-    image.load()
     if image.mode == "RGB":
       return image
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
@@ -81,7 +90,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
       return canvas
     return image.convert("RGB")
   except (OSError, SyntaxError, ValueError) as e:
-    raise CorruptImageError(f"cannot decode image: {e}") from e
+    raise CorruptImageError(f"cannot convert image to RGB: {e}") from e
 
 
 def letterbox(image: Image.Image) -> Image.Image:
@@ -92,6 +101,29 @@ def letterbox(image: Image.Image) -> Image.Image:
     return image
   canvas = Image.new("RGB", (side, side), _WHITE)
   canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+  return canvas
+
+
+def _letterboxed_crop(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+  """``box`` of ``letterbox(to_rgb(image))``, converting only the part of the image inside it.
+
+  Args:
+    image: an opened image of any mode, ``[h, w]``.
+    box: ``(left, top, width, height)`` on the square canvas of side ``max(h, w)``.
+
+  Returns:
+    RGB ``[height, width]``; compositing and padding cost the crop's area, not the canvas's.
+  """
+  left, top, width, height = box
+  image_w, image_h = image.size
+  side = max(image_w, image_h)
+  offset_x, offset_y = (side - image_w) // 2, (side - image_h) // 2
+  x0, y0 = max(left - offset_x, 0), max(top - offset_y, 0)
+  x1, y1 = min(left + width - offset_x, image_w), min(top + height - offset_y, image_h)
+  decode(image)  # even when the crop holds only padding: a corrupt file must not pass
+  canvas = Image.new("RGB", (width, height), _WHITE)
+  if x1 > x0 and y1 > y0:
+    canvas.paste(to_rgb(image.crop((x0, y0, x1, y1))), (x0 + offset_x - left, y0 + offset_y - top))
   return canvas
 
 
@@ -167,15 +199,19 @@ def train_image(
     CorruptImageError: if ``data`` cannot be decoded.
   """
   image = open_image(data)
+  size = (image_size, image_size)
   if letterbox_to_square:
-    image = letterbox(to_rgb(image))
-  left, top, w, h = random_resized_crop_box(*image.size, rng)
-  # Decoding a JPEG at reduced size is the largest single saving; the crop keeps at
-  # least `image_size` pixels on its shorter side so the result is unchanged in kind.
-  factor = _draft_jpeg(image, min(w, h) / image_size)
-  image = to_rgb(image)
-  box = (left / factor, top / factor, (left + w) / factor, (top + h) / factor)
-  out = image.resize((image_size, image_size), Image.BILINEAR, box=box, reducing_gap=3.0)
+    side = max(image.size)
+    crop = _letterboxed_crop(image, random_resized_crop_box(side, side, rng))
+    out = crop.resize(size, Image.BILINEAR, reducing_gap=3.0)
+  else:
+    left, top, w, h = random_resized_crop_box(*image.size, rng)
+    # Decoding a JPEG at reduced size is the largest single saving; the crop keeps at
+    # least `image_size` pixels on its shorter side so the result is unchanged in kind.
+    factor = _draft_jpeg(image, min(w, h) / image_size)
+    image = to_rgb(image)
+    box = (left / factor, top / factor, (left + w) / factor, (top + h) / factor)
+    out = image.resize(size, Image.BILINEAR, box=box, reducing_gap=3.0)
   if rng.random() < 0.5:
     out = out.transpose(Image.FLIP_LEFT_RIGHT)
   return np.asarray(out, dtype=np.uint8)

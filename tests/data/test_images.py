@@ -147,3 +147,40 @@ def test_normalize_matches_float64_reference():
   with pytest.raises(ValueError, match="normalization='vgg'"):
     images.get_normalization("vgg")
 
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "LA"])
+def test_letterboxed_train_crop_matches_letterbox_then_crop(mode):
+  # Reference: composite and pad the whole image, then crop and resize it (the plain way).
+  rng = np.random.default_rng(0)
+  rgba = rng.integers(0, 256, (30, 70, 4), dtype=np.uint8)
+  rgba[..., 3] = np.where(rng.random((30, 70)) < 0.3, 0, 255)
+  image = Image.fromarray(rgba, "RGBA")
+  if mode == "P":
+    image = image.convert("RGB").quantize(16)
+    image.info["transparency"] = 0
+  elif mode == "LA":
+    image = image.convert("LA")
+  data = _encode(image, "PNG")
+  for seed in range(20):
+    out = images.train_image(data, np.random.default_rng(seed), image_size=24,
+                             letterbox_to_square=True)
+    crop_rng = np.random.default_rng(seed)
+    canvas = images.letterbox(images.to_rgb(Image.open(io.BytesIO(data))))
+    left, top, w, h = images.random_resized_crop_box(70, 70, crop_rng)
+    reference = canvas.crop((left, top, left + w, top + h)).resize((24, 24), Image.BILINEAR)
+    if crop_rng.random() < 0.5:
+      reference = reference.transpose(Image.FLIP_LEFT_RIGHT)
+    np.testing.assert_allclose(out, np.asarray(reference), atol=1)
+
+
+def test_letterboxed_corrupt_image_raises_even_if_the_crop_is_padding():
+  # A 200 x 4 strip on a 200 x 200 canvas: most crops see padding only.
+  pixels = np.random.default_rng(0).integers(0, 256, (4, 200, 4), dtype=np.uint8)
+  data = _encode(Image.fromarray(pixels, "RGBA"), "PNG")
+  truncated = data[:len(data) // 2]
+  assert Image.open(io.BytesIO(truncated)).size == (200, 4)  # the header is intact
+  for seed in range(10):
+    with pytest.raises(images.CorruptImageError):
+      images.train_image(truncated, np.random.default_rng(seed), image_size=8,
+                         letterbox_to_square=True)
