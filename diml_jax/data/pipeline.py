@@ -20,6 +20,7 @@ which keeps the batch class-balanced; in evaluation its row is masked out.
 """
 import collections
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -37,6 +38,8 @@ _log = logging.getLogger(__name__)
 _ON_CORRUPT = ("skip", "raise")
 # Seed-sequence prefixes keep the sampler's and the augmentation's random streams apart.
 _AUGMENT_STREAM = 1
+# Enough to feed one accelerator host at DIML's batch sizes; more only cost memory.
+_MAX_DEFAULT_WORKERS = 16
 
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -198,7 +201,7 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
 def _grain_iterator(batch_fn, start: int, stop: int, num_workers: int | None, num_threads: int,
                     prefetch: int):
   if num_workers is None:
-    num_workers = len(os.sched_getaffinity(0))
+    num_workers = min(len(os.sched_getaffinity(0)), _MAX_DEFAULT_WORKERS)
   ds = grain.MapDataset.range(start, stop).map(batch_fn)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
   if num_workers > 0:
@@ -247,8 +250,8 @@ def train_iterator(
     start_step: first step to produce (the step to resume at).
     num_steps: how many steps; endless when None.
     normalization: ``"imagenet"``, ``"efficientnet_lite"`` or a ``Normalization``.
-    num_workers: worker processes; 0 decodes in threads of this process; all CPU cores
-      when None.
+    num_workers: worker processes; 0 decodes in threads of this process; one per CPU core
+      (at most 16) when None.
     num_threads: threads per process, each preparing a batch.
     prefetch: batches buffered per process.
     on_corrupt: ``"skip"`` (replace by another image of the class, count, log at epoch end)
@@ -345,17 +348,14 @@ def device_prefetch(batches: Iterator[dict[str, np.ndarray]], sharding, *,
     The same dicts as global ``jax.Array``\\ s (``jax.make_array_from_process_local_data``).
   """
   import jax  # pylint: disable=g-import-not-at-top
-  queue = collections.deque()
+  if size < 1:
+    raise ValueError(f"size={size} must be >= 1.")
+  batches = iter(batches)
 
-  def enqueue(n):
-    for batch in batches:
-      queue.append(jax.tree.map(
-          lambda x: jax.make_array_from_process_local_data(sharding, x), batch))
-      n -= 1
-      if n == 0:
-        return
+  def put(batch):
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
-  enqueue(size)
+  queue = collections.deque(put(b) for b in itertools.islice(batches, size))
   while queue:
     yield queue.popleft()
-    enqueue(1)
+    queue.extend(put(b) for b in itertools.islice(batches, 1))
