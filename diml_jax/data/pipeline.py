@@ -17,6 +17,9 @@ are logged at the end of each epoch; ``on_corrupt="raise"`` stops with an error 
 file. In training a skipped image is replaced by the next decodable image of its class,
 which keeps the batch class-balanced; in evaluation its row is masked out.
 :func:`device_prefetch` then puts batches on devices ahead of use.
+
+Worker processes are spawned (grain), so a script that starts them needs the usual
+``if __name__ == "__main__":`` guard (``absl.app.run`` scripts have one).
 """
 import collections
 import dataclasses
