@@ -1,4 +1,5 @@
 """The benchmark loaders on miniature archives: splits, labels, counts, layout errors."""
+import importlib.util
 import shutil
 
 import numpy as np
@@ -110,3 +111,10 @@ def test_load_arguments(cub_root):
     data.load("imagenet", "train", cub_root)
   with pytest.raises(ValueError, match="needs root="):
     data.load("sop", "train")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is not None,
+                    reason="tensorflow-datasets is installed (tests/data/test_tfds.py runs)")
+def test_tfds_source_without_tfds_says_how_to_install(tmp_path):
+  with pytest.raises(ImportError, match=r"pip install 'diml-jax\[tfds\]'"):
+    data.load("cub200", "train", tmp_path, source="tfds")
