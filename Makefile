@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "diml_jax needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[demo,test]'
+	$(PY) -m pip install --quiet -e '.[demo,test,tfds]'
 	touch $@
 
 # Optional system packages: the OpenClipArt demo set and Chromium for the HTML-report
