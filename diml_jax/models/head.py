@@ -24,6 +24,7 @@ import math
 from typing import Literal
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -141,6 +142,9 @@ class EmbeddingModel(nn.Module):
     global_from: ``"feature_map"`` (embedding of the average-pooled map, the baseline
       embedding) or ``"grid"`` (mean of the local embeddings, the reference DIML model's).
     normalize: L2-normalise both outputs (the reference ``*_normalize`` variants).
+    freeze_backbone: stop gradients at the backbone's outputs, so only the head trains
+      and no backward pass runs through the backbone (a cheap fine-tuning regime, used
+      by the CPU demo).
   """
   backbone: nn.Module
   embed_dim: int = 128
@@ -148,6 +152,7 @@ class EmbeddingModel(nn.Module):
   resize_to: int | None = RESIZE_TO
   global_from: Literal["feature_map", "grid"] = "feature_map"
   normalize: bool = True
+  freeze_backbone: bool = False
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, *, train: bool = False
@@ -173,6 +178,8 @@ class EmbeddingModel(nn.Module):
                        f" {self.global_from!r}.")
     pooled, backbone_aux = self.backbone(images, train=train)
     feature_map = backbone_aux["feature_map"]
+    if self.freeze_backbone:
+      pooled, feature_map = jax.lax.stop_gradient((pooled, feature_map))
     grid = grid_pool(feature_map.astype(jnp.float32), self.grid_size,
                      resize_to=self.resize_to)
     # U(-1/sqrt(c), 1/sqrt(c)), PyTorch's default for the reference's Conv2d.

@@ -161,6 +161,21 @@ def test_global_from_grid_is_the_mean_of_local_embeddings(tiny):
   np.testing.assert_allclose(normalized, _normalize(np.asarray(global_)), rtol=1e-5)
 
 
+def test_frozen_backbone_gets_no_gradient_and_the_head_does(tiny):
+  model, variables, images = tiny
+
+  def loss(params, m):
+    global_, aux = m.apply({**variables, "params": params}, images)
+    return jnp.sum(global_[0] * global_[1]) + jnp.sum(aux["local"][0] * aux["local"][1])
+
+  frozen = jax.grad(loss)(variables["params"], model.clone(freeze_backbone=True))
+  free = jax.grad(loss)(variables["params"], model)
+  for leaf in jax.tree.leaves(frozen["backbone"]):
+    assert np.all(np.asarray(leaf) == 0)
+  assert any(np.any(np.asarray(leaf) != 0) for leaf in jax.tree.leaves(free["backbone"]))
+  jax.tree.map(np.testing.assert_allclose, frozen["embedding"], free["embedding"])
+
+
 def test_grid_size_changes_without_new_parameters(tiny):
   model, variables, images = tiny
   for g in (1, 2, 4, 7):
