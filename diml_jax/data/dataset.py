@@ -59,6 +59,22 @@ class InMemory:
     return self.names[index]
 
 
+@dataclasses.dataclass(frozen=True)
+class Subset:
+  """The images ``indices`` of another source, in that order."""
+  source: ImageSource
+  indices: tuple[int, ...]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> bytes:
+    return self.source[self.indices[index]]
+
+  def describe(self, index: int) -> str:
+    return self.source.describe(self.indices[index])
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
   """One split of one data set.
@@ -95,6 +111,16 @@ class Dataset:
   @property
   def num_classes(self) -> int:
     return len(self.class_ids)
+
+  def subset(self, indices) -> "Dataset":
+    """The images ``indices`` (labels and classes unchanged), e.g. a smaller test set."""
+    indices = np.asarray(indices, np.int64)
+    if indices.ndim != 1 or (len(indices) and not 0 <= indices.min() <= indices.max() < len(self)):
+      raise ValueError(f"indices must be a 1-D array of image indices in [0, {len(self)}).")
+    return dataclasses.replace(
+        self, images=Subset(self.images, tuple(int(i) for i in indices)),
+        labels=self.labels[indices],
+        super_class_ids=None if self.super_class_ids is None else self.super_class_ids[indices])
 
   def __repr__(self) -> str:
     return (f"Dataset({self.name!r}, split={self.split!r}, images={len(self)}, "
