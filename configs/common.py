@@ -1,0 +1,89 @@
+"""The configuration of every run: the papers' protocol, and the knobs to vary it.
+
+Each file in ``configs/`` is one experiment: ``get_config()`` returns :func:`paper` with
+its data set and loss filled in, plus overrides. Values can be changed on the command
+line, e.g. ``--config.batch_size=64``; a key that does not exist is an error.
+"""
+import ml_collections
+
+# The papers' data sets: name in diml_jax.data and the directory you point `data.root` at.
+DATASETS = {
+    "cub": "cub200",
+    "cars": "cars196",
+    "sop": "sop",
+}
+
+
+def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
+  """The training protocol of the DIML papers (MISSION.md) for one data set and loss.
+
+  Args:
+    dataset: ``"cub"``, ``"cars"`` or ``"sop"``.
+    loss: ``"margin"``, ``"multisimilarity"``, ``"proxyanchor"``, ``"triplet"`` or
+      ``"contrastive"``.
+    diml: train on DIML's structural quantity (``margin_diml`` / ``multisimilarity_diml``)
+      instead of the global embedding. Evaluation re-ranks structurally either way
+      (test-time DIML).
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = DATASETS[dataset]
+  c.data.root = ""           # the extracted archive (local or gs://); set on the command line
+  c.data.source = "files"    # or "tfds"
+  c.data.fallback = ""       # data set to use when `name` is not installed ("" = fail)
+  c.data.image_size = 224    # random resized crop (train) / centre crop (test)
+  c.data.resize_size = 256   # test images: shorter side before the centre crop
+  c.data.num_workers = -1    # decoding processes; -1: one per core
+  c.data.max_test_per_class = 0  # evaluate on at most this many images a class (0 = all)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = "resnet50"  # resnet18/34/50/101, efficientnet_lite0, resnet_tiny, ...
+  c.model.pretrained = True      # ImageNet weights (torchvision ResNet-50, packaged Lite0)
+  c.model.frozen_bn = True       # batch norm in inference mode, as in the papers
+  c.model.freeze_backbone = False
+  c.model.embed_dim = 128
+  c.model.grid_size = 4
+  # The reference DIML code trains with the mean of the local embeddings as the global one.
+  c.model.global_from = "grid" if diml else "feature_map"
+  c.model.compute_dtype = "float32"  # or "bfloat16": parameters stay float32
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = loss
+  c.loss.diml = diml
+  c.loss.marginals = "cross"
+  c.loss.margin = dict(margin=0.2, beta=1.2, beta_lr=5e-4, cutoff=0.5, nonzero_loss_cutoff=1.4)
+  c.loss.multisimilarity = dict(pos_weight=2.0, neg_weight=40.0, margin=0.1, threshold=0.5)
+  c.loss.proxyanchor = dict(alpha=32.0, margin=0.1, lr_multiplier=100.0)
+  c.loss.triplet = dict(margin=0.2)
+  c.loss.contrastive = dict(pos_margin=0.0, neg_margin=1.0)
+
+  c.sinkhorn = ml_collections.ConfigDict()
+  c.sinkhorn.epsilon = 0.05
+  c.sinkhorn.threshold = 1e-3
+  c.sinkhorn.max_iterations = 100
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.lr = 1e-5           # backbone and embedding layer
+  c.optimizer.weight_decay = 4e-4  # L2 added to the gradients, as torch.optim.Adam does
+  c.optimizer.decoupled_weight_decay = False  # True: AdamW
+  c.optimizer.decay_epochs = ()    # multi-step decay: epochs at which lr *= decay_factor
+  c.optimizer.decay_factor = 0.3
+
+  c.batch_size = 112               # global batch, all devices and hosts
+  c.images_per_class = 2           # 56 classes x 2 images
+  c.num_epochs = 150
+  c.steps_per_epoch = 0            # 0: len(train split) // batch_size
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every_epochs = 5
+  c.eval.batch_size = 128
+  c.eval.ks = (0, 5, 10, 50, 100, 500, 1000)  # re-ranking depths K (0 = global only)
+  c.eval.include_query_in_r = False  # True: the original code's R-Precision / MAP@R
+  c.eval.with_nmi = True
+
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 2
+  c.log_every_steps = 50
+  return c
