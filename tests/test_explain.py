@@ -128,11 +128,14 @@ def test_heat_maps_are_the_part_contributions(pair):
   heat_a, heat_b = drawn.heatmaps
   np.testing.assert_allclose(heat_a.get_array(), contributions.sum(1).reshape(4, 4), rtol=1e-6)
   np.testing.assert_allclose(heat_b.get_array(), contributions.sum(0).reshape(3, 3), rtol=1e-6)
-  # Each heat map covers its own image's pixels, which are drawn under it.
-  for heat, image in ((heat_a, a), (heat_b, b)):
+  # Each heat map covers its own image's pixels, which are drawn under it, and its colours
+  # run from 0 to its own largest contribution (all are >= 0 here).
+  for heat, image, values in ((heat_a, a, contributions.sum(1)), (heat_b, b, contributions.sum(0))):
     h, w = image.shape[:2]
     assert tuple(heat.get_extent()) == (0, w, h, 0)
     assert heat.axes.images[0].get_array().shape == (h, w)
+    assert values.min() >= 0
+    assert (heat.norm.vmin, heat.norm.vmax) == (0, pytest.approx(values.max()))
   # The decomposition written on the figure: similarity = Σ contributions, per image.
   texts = [t.get_text() for t in drawn.figure.findobj(lambda a: hasattr(a, "get_text"))]
   total = f"{contributions.sum():.3f}"
@@ -143,6 +146,17 @@ def test_heat_maps_are_the_part_contributions(pair):
   # Each cell's printed value is its contribution.
   cells = [t.get_text() for t in heat_a.axes.texts]
   assert cells == [f"{v:.3f}" for v in contributions.sum(1)]
+
+
+def test_negative_contributions_get_a_scale_centred_on_zero(pair):
+  a, b = pair
+  rng = np.random.default_rng(1)  # Gaussian features: some parts anti-correlated
+  m = numpy_match(rng.normal(size=(9, 8)), rng.normal(size=(9, 8)))
+  values = (m.flow * m.part_similarity).sum(0)
+  assert values.min() < 0
+  heat = flow_figure(a, b, m).heatmaps[1]
+  assert heat.norm.vmin == -heat.norm.vmax == pytest.approx(-np.abs(values).max())
+  assert heat.cmap(heat.norm(0.0)) == pytest.approx(heat.cmap(0.5))  # 0 at the centre
 
 
 @pytest.mark.parametrize("g", range(1, 8))

@@ -28,7 +28,7 @@ import math
 from typing import NamedTuple, Sequence
 
 import numpy as np
-from matplotlib import colors, patheffects
+from matplotlib import colors, patheffects, ticker
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
@@ -50,9 +50,9 @@ __all__ = [
 
 Grid = int | tuple[int, int]
 
-# Looks: a warm line colour with a dark outline reads on any photo. Contributions are
-# usually all positive and shown from 0 (white) to the largest (red); a part can also
-# contribute negatively (S_ij < 0), and then the scale is diverging and centred on 0.
+# Looks: a warm line colour with a dark outline reads on any photo. An image's
+# contributions are usually all positive and shown from 0 (white) to its largest (red); a
+# part can also contribute negatively (S_ij < 0), and then the scale is centred on 0.
 _LINE_COLOUR = "#ffd23f"
 _HEAT_ALPHA = 0.62
 _MAX_LINE_WIDTH = 5.0
@@ -226,13 +226,13 @@ def _cell(p: int, grid: tuple[int, int]) -> str:
   return f"({p // grid[1]},{p % grid[1]})"
 
 
-def _top_parts(values: np.ndarray, grid: tuple[int, int], n: int = 3) -> str:
+def _top_parts(values: np.ndarray, grid: tuple[int, int], n: int) -> str:
   top = np.argsort(-values, kind="stable")[:n]
   return " · ".join(f"{_cell(p, grid)} {values[p]:.3f}" for p in top)
 
 
 def _contribution_scale(values: np.ndarray) -> tuple[colors.Normalize, str]:
-  """One colour scale for both images' contributions: from 0 up, or centred on 0."""
+  """The colour scale of one image's contributions: from 0 up, or centred on 0."""
   scale = max(np.abs(values).max(), 1e-12)
   if values.min() >= 0:
     return colors.Normalize(0.0, scale), "Reds"
@@ -312,26 +312,22 @@ def flow_figure(
   lines = _draw_flow(ax, flow, pairs, cell_centres(extent_a, grid_a),
                      cell_centres(extent_b, grid_b))
 
-  # Under each image, its part contributions on one shared colour scale.
-  norm, cmap = _contribution_scale(np.concatenate([row_contrib, col_contrib]))
-  heatmaps = tuple(
-      _draw_contributions(
-          fig.add_axes(box(x0 + extent[0] * panel_h, _FOOTER + _COLOURBAR,
-                           (extent[1] - extent[0]) * panel_h, panel_h)),
-          image, grid, values, name, norm, cmap, panel_h,
-      )
-      for image, extent, grid, values, name in (
-          (image_a, extent_a, grid_a, row_contrib, names[0]),
-          (image_b, extent_b, grid_b, col_contrib, names[1]),
-      )
-  )
-  bar = fig.colorbar(
-      ScalarMappable(norm=norm, cmap=cmap), orientation="horizontal",
-      cax=fig.add_axes(box(x0 + panel_h * span / 4, _FOOTER, panel_h * span / 2, _COLOURBAR)),
-  )
-  bar.ax.tick_params(labelsize=7)
-  bar.set_label(f"part contribution: row sums of T⊙S for {names[0]}, column sums for "
-                f"{names[1]}; cells are (row, col)", fontsize=8)
+  # Under each image, its part contributions, each on its own colour scale: with
+  # r1 != r2 the two images' parts carry different shares of the same total.
+  heatmaps = []
+  for image, extent, grid, values, name, kind in (
+      (image_a, extent_a, grid_a, row_contrib, names[0], "row"),
+      (image_b, extent_b, grid_b, col_contrib, names[1], "column"),
+  ):
+    left, w = x0 + extent[0] * panel_h, (extent[1] - extent[0]) * panel_h
+    heat = _draw_contributions(fig.add_axes(box(left, _FOOTER + _COLOURBAR, w, panel_h)),
+                               image, grid, values, name, panel_h)
+    bar = fig.colorbar(ScalarMappable(heat.norm, heat.cmap), orientation="horizontal",
+                       cax=fig.add_axes(box(left + 0.2 * w, _FOOTER, 0.6 * w, _COLOURBAR)))
+    bar.ax.tick_params(labelsize=7)
+    bar.ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
+    bar.set_label(f"{kind} sums of T⊙S", fontsize=8)
+    heatmaps.append(heat)
 
   # The decomposition.
   headline = f"structural similarity {float(matching.similarity):.3f} = Σ part contributions"
@@ -341,13 +337,13 @@ def flow_figure(
   detail = (
       f"lines: the {len(pairs)} largest of the {flow.size} flow entries T_ij "
       f"(≥ {min_flow:.0%} of the largest), {shown_mass:.0%} of the flow; "
-      f"width and opacity ∝ T_ij"
+      f"width and opacity ∝ T_ij; cells are (row, col)"
   )
   fig.text(0.5, 1 - 0.2 / height, headline, ha="center", va="top", fontsize=11,
            weight="bold")
   fig.text(0.5, 1 - 0.42 / height, detail, ha="center", va="top", fontsize=8.5,
            color="#333333")
-  return FlowFigure(fig, lines, pairs, heatmaps, shown)
+  return FlowFigure(fig, lines, pairs, (heatmaps[0], heatmaps[1]), shown)
 
 
 def _draw_image(ax, image: np.ndarray, extent, grid: tuple[int, int], name: str) -> AxesImage:
@@ -379,7 +375,7 @@ def _draw_flow(ax, flow: np.ndarray, pairs: np.ndarray, centres_a: np.ndarray,
 
 
 def _draw_contributions(ax, image: np.ndarray, grid: tuple[int, int], values: np.ndarray,
-                        name: str, norm, cmap: str, inches_per_height: float) -> AxesImage:
+                        name: str, inches_per_height: float) -> AxesImage:
   """``values [rows * cols]`` as a heat map over ``image`` (in grey), with their numbers."""
   h, w = image.shape[:2]
   extent = (0, w, h, 0)
@@ -387,6 +383,7 @@ def _draw_contributions(ax, image: np.ndarray, grid: tuple[int, int], values: np
   # A darkened grey image, so that the colours carry the information.
   ax.imshow(_grey(image), cmap="gray", vmin=0, vmax=255 * 1.25, extent=extent,
             interpolation="antialiased")
+  norm, cmap = _contribution_scale(values)
   heat = ax.imshow(values.reshape(grid), cmap=cmap, norm=norm, alpha=_HEAT_ALPHA,
                    extent=extent, interpolation="nearest")
   _draw_grid(ax, extent, grid, colors="black", linewidths=0.5, alpha=0.5)
@@ -396,12 +393,25 @@ def _draw_contributions(ax, image: np.ndarray, grid: tuple[int, int], values: np
     for p, (cx, cy) in enumerate(cell_centres(extent, grid)):
       ax.text(cx, cy, f"{values[p]:.3f}", ha="center", va="center", fontsize=min(9, 14 * cell),
               color="white", path_effects=_outlined(2.0))
-  title = f"{name}: Σ of {values.size} parts = {values.sum():.3f}"
-  top = f"top {_top_parts(values, grid)}"
-  # About 0.06 inch per character at 8.5 pt: narrow panels get smaller titles.
-  size = min(8.5, 8.5 * w * scale / (0.06 * max(len(title), len(top))))
-  ax.set_title(f"{title}\n{top}", fontsize=size, loc="left", pad=4)
+  title, size = _panel_title(name, values, grid, w * scale)
+  ax.set_title(title, fontsize=size, loc="left", pad=4)
   return heat
+
+
+def _panel_title(name: str, values: np.ndarray, grid: tuple[int, int],
+                 width_in: float) -> tuple[str, float]:
+  """The title of a contribution panel ``width_in`` inches wide, and its font size.
+
+  At about 0.06 inch per character at 8.5 pt, narrow panels get smaller type, down to
+  6 pt, and then fewer top parts.
+  """
+  for top in (3, 2, 1):
+    lines = [f"{name}: Σ of {values.size} parts = {values.sum():.3f}",
+             f"top {_top_parts(values, grid, top)}"]
+    size = min(8.5, 8.5 * width_in / (0.06 * max(map(len, lines))))
+    if size >= 6:
+      break
+  return "\n".join(lines), size
 
 
 def relevance_figure(
