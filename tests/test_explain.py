@@ -16,6 +16,7 @@ import shutil
 import signal
 import time
 
+import jax
 import numpy as np
 import pytest
 import skimage.data
@@ -192,39 +193,40 @@ def test_rectangular_grids(pair, grid_a, grid_b, tmp_path):
   assert "<svg" in (tmp_path / "f.svg").read_text()[:2000]
 
 
-def _bad_flow_figure(case, a, b, m):
-  if case == "grid":
-    return flow_figure(a, b, m, grids=(4, 3))
-  if case == "not square":
-    return flow_figure(a, b, m._replace(flow=m.flow[:, :6], part_similarity=m.part_similarity[:, :6]))
-  if case == "batched":
-    return flow_figure(a, b, m._replace(flow=m.flow[None], part_similarity=m.part_similarity[None]))
-  if case == "grey image":
-    return flow_figure(a[..., 0], b, m)
-  if case == "rgba image":
-    return flow_figure(a, np.concatenate([b, b[..., :1]], -1), m)
-  if case == "float image":
-    return flow_figure(a / 255.0, b, m)
-  if case == "min_flow":
-    return flow_figure(a, b, m, min_flow=0.0)
-  return flow_figure(a, b, m, grids=(4,))
+def _cut(m, cols):
+  return m._replace(flow=m.flow[:, :cols], part_similarity=m.part_similarity[:, :cols])
 
 
-@pytest.mark.parametrize("case, message", [
-    ("grid", r"4x4 grid|grid 3x3 has 9 cells.*16 parts|16 parts .* grid 3x3"),
-    ("not square", r"image_b .*6 parts, not a square grid"),
-    ("batched", r"one pair, flow \[r1, r2\]; got flow of shape \(1, 16, 16\)"),
-    ("grey image", r"image_a must be an RGB image \[h, w, 3\]; got shape \(300, 320\)"),
-    ("rgba image", r"image_b must be an RGB image \[h, w, 3\]; got shape \(340, 220, 4\)"),
-    ("float image", r"image_a must be uint8"),
-    ("min_flow", r"min_flow must be a fraction in \(0, 1\]"),
-    ("grids", r"grids must be a pair"),
-])
-def test_bad_input_is_a_value_error_naming_it(pair, case, message):
+# case -> (call with the images a, b and their 4x4 vs 4x4 matching m, expected message)
+BAD_INPUTS = {
+    "grid": (lambda a, b, m: flow_figure(a, b, m, grids=(4, 3)),
+             r"16 parts for image_b \(B\), but its grid 3x3 has 9 cells"),
+    "not square": (lambda a, b, m: flow_figure(a, b, _cut(m, 6)),
+                   r"image_b \(B\) has 6 parts, not a square grid"),
+    "batched": (lambda a, b, m: flow_figure(a, b, jax.tree.map(lambda x: x[None], m)),
+                r"one pair, flow \[r1, r2\]; got flow of shape \(1, 16, 16\)"),
+    "grey image": (lambda a, b, m: flow_figure(a[..., 0], b, m),
+                   r"image_a must be an RGB image \[h, w, 3\]; got shape \(300, 320\)"),
+    "rgba image": (lambda a, b, m: flow_figure(a, np.concatenate([b, b[..., :1]], -1), m),
+                   r"image_b must be an RGB image \[h, w, 3\]; got shape \(340, 220, 4\)"),
+    "float image": (lambda a, b, m: flow_figure(a / 255.0, b, m),
+                    r"image_a must be uint8 \(0..255\); got dtype float64"),
+    "min_flow": (lambda a, b, m: flow_figure(a, b, m, min_flow=0.0),
+                 r"min_flow must be a fraction in \(0, 1\]; got 0.0"),
+    "grids": (lambda a, b, m: flow_figure(a, b, m, grids=(4,)),
+              r"grids must be a pair \(grid of image_a, grid of image_b\)"),
+    "grid shape": (lambda a, b, m: flow_figure(a, b, m, grids=((4, 4), (2, 2, 4))),
+                   r"the grid of image_b \(B\) must be an int >= 1 or \(rows, cols\)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_a_value_error_naming_it(pair, case):
   a, b = pair
   m = real_match(a, b, (4, 4), (4, 4))
+  call, message = BAD_INPUTS[case]
   with pytest.raises(ValueError, match=message):
-    _bad_flow_figure(case, a, b, m)
+    call(a, b, m)
 
 
 def test_relevance_maps_are_drawn_over_the_image():
@@ -243,7 +245,8 @@ def test_relevance_maps_are_drawn_over_the_image():
   assert len(fig.axes) == 2
   np.testing.assert_array_equal(fig.axes[1].images[1].get_array(), rollout)
   assert figure_bytes(fig, "png", dpi=30).startswith(b"\x89PNG")
-  with pytest.raises(ValueError, match=r"maps must be \[h, w\] or \[k, h, w\]; got shape \(1, 3, 7, 7\)"):
+  with pytest.raises(ValueError,
+                     match=r"maps must be \[h, w\] or \[k, h, w\]; got shape \(1, 3, 7, 7\)"):
     relevance_figure(image, groups[None])
   with pytest.raises(ValueError, match=r"titles must have one entry per map \(3\); got 2"):
     relevance_figure(image, groups, titles=["a", "b"])
