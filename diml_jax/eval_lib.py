@@ -1,0 +1,207 @@
+"""Evaluating a model: embed a split, rank and re-rank it (test-time DIML), explain it.
+
+Used by ``eval.py`` on any saved checkpoint (including baselines trained without DIML:
+structural re-ranking needs only the local embeddings, which every
+:class:`~diml_jax.models.EmbeddingModel` produces) and by training for its periodic
+evaluations.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from diml_jax import data, evaluation, experiment, explain, matching, retrieval
+from diml_jax.data import images as image_lib
+from diml_jax.experiment import DATA_AXIS
+
+
+def model_variables(state: experiment.TrainState) -> dict:
+  variables = {"params": state.params["model"]}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+def embed(config: ml_collections.ConfigDict, model, variables: dict, dataset: data.Dataset,
+          mesh: Mesh) -> evaluation.Embeddings:
+  """Global and local embeddings of every image of ``dataset``, in its order.
+
+  The batches are sharded over the mesh; every host gets the whole result. Images that
+  could not be decoded are left out, with a warning.
+  """
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  apply = jax.jit(
+      lambda v, x: _outputs(model.apply(v, x, train=False)),
+      in_shardings=(NamedSharding(mesh, P()), batch_sharding), out_shardings=batch_sharding,
+  )
+  batches = data.eval_iterator(
+      dataset, batch_size=config.eval.batch_size, image_size=config.data.image_size,
+      resize_size=config.data.resize_size, normalization=experiment.normalization(model),
+      num_workers=None if config.data.num_workers < 0 else config.data.num_workers,
+  )
+  host = collections.deque()  # index and mask stay on the host, in step with the images
+
+  def images():
+    for batch in batches:
+      host.append((batch["index"], batch["mask"]))
+      yield {"image": batch["image"]}
+
+  n = len(dataset)
+  global_ = local = None
+  seen = np.zeros(n, bool)
+  for batch in data.device_prefetch(images(), batch_sharding):
+    g, x = multihost_utils.process_allgather(apply(variables, batch["image"]), tiled=True)
+    index, mask = (multihost_utils.process_allgather(a, tiled=True) for a in host.popleft())
+    if global_ is None:
+      global_ = np.zeros((n, g.shape[-1]), np.float32)
+      local = np.zeros((n, *x.shape[1:]), np.float32)
+    keep = mask & (index >= 0)
+    global_[index[keep]], local[index[keep]] = g[keep], x[keep]
+    seen[index[keep]] = True
+  if not seen.all():
+    logging.warning("%d of %d %s images could not be decoded and are left out",
+                    n - seen.sum(), n, dataset)
+  return evaluation.Embeddings(global_[seen], local[seen], dataset.labels[seen])
+
+
+def _outputs(out):
+  global_, aux = out
+  return global_, aux["local"]
+
+
+def evaluate_embeddings(config: ml_collections.ConfigDict, embeddings: evaluation.Embeddings
+                        ) -> dict[str, Any]:
+  """Global and multi-scale DIML retrieval metrics (MISSION.md step 6)."""
+  return evaluation.evaluate(
+      embeddings, ks=config.eval.ks, include_query_in_r=config.eval.include_query_in_r,
+      marginals=config.loss.marginals, with_nmi=config.eval.with_nmi, seed=config.seed,
+      progress=jax.process_index() == 0, **config.sinkhorn,
+  )
+
+
+def evaluate_model(config, model, state: experiment.TrainState, dataset: data.Dataset,
+                   mesh: Mesh) -> dict[str, Any]:
+  """:func:`embed` then :func:`evaluate_embeddings`."""
+  return evaluate_embeddings(config, embed(config, model, model_variables(state), dataset, mesh))
+
+
+def explain(config: ml_collections.ConfigDict, dataset: data.Dataset,
+            embeddings: evaluation.Embeddings, out_dir: str, *, num_queries: int = 8,
+            top_k: int = 5, rerank_k: int = 100, num_figures: int = 4) -> str:
+  """Writes an HTML retrieval report and flow figures (PNG and SVG) to ``out_dir``.
+
+  For ``num_queries`` queries sampled with the config's seed: the top ``top_k`` by global
+  cosine next to the top ``top_k`` after re-ranking the first ``rerank_k`` by DIML, each
+  result linked to its flow figure; and for the first ``num_figures`` queries, the flow
+  figure of the query and its best DIML match as files.
+
+  Returns:
+    The report's path.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  g, x, labels = embeddings
+  if len(labels) != len(dataset):
+    raise ValueError("explain needs the embeddings of every image of the data set.")
+  rng = np.random.default_rng(config.seed)
+  queries = np.sort(rng.choice(len(labels), min(num_queries, len(labels)), replace=False))
+  depth = min(max(top_k, rerank_k), len(labels) - 1)
+  nearest = retrieval.global_neighbours(g[queries], g, k=depth, self_index=queries)
+  scores = retrieval.rerank_scores(
+      x[queries], g[queries], x, g, nearest.indices, marginals=config.loss.marginals,
+      **config.sinkhorn)
+  reranked = retrieval.multiscale_order(nearest.indices, scores, k=depth)
+  grid = config.model.grid_size
+
+  def image(i):
+    return image_lib.eval_image(
+        dataset.images[int(i)], image_size=config.data.image_size,
+        resize_size=config.data.resize_size, letterbox_to_square=dataset.letterbox)
+
+  def match_pair(i, j):
+    return matching.match(x[i], x[j], g[i], g[j], marginals=config.loss.marginals,
+                          **config.sinkhorn)
+
+  run = explain.RetrievalRun(
+      queries=queries, global_neighbours=nearest.indices[:, :top_k],
+      reranked_neighbours=reranked[:, :top_k], labels=labels, images=image,
+      match_pair=match_pair, embeddings=g, grids=(grid, grid))
+  path = explain.write_report(run, os.path.join(out_dir, "report.html"))
+  for q, best in zip(queries[:num_figures], reranked[:num_figures, 0]):
+    figure = explain.flow_figure(
+        image(q), image(best), match_pair(q, best), grids=(grid, grid),
+        global_similarity=float(g[q] @ g[best]),
+        names=(f"query {q} ({dataset.class_names[labels[q]]})",
+               f"DIML top-1 {best} ({dataset.class_names[labels[best]]})")).figure
+    for fmt in ("png", "svg"):
+      figure.savefig(os.path.join(out_dir, f"flow_query{q}.{fmt}"))
+  return str(path)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | None = None,
+        explain_results: bool = False) -> dict[str, Any]:
+  """Evaluates a saved model: what ``eval.py`` does.
+
+  Args:
+    config: the run's config (the model must be the one the checkpoint was saved from).
+    workdir: the training run's directory; results go to ``workdir/eval/step_N/``.
+    checkpoint: a checkpoint step directory (``.../checkpoints/1200``); by default the
+      best checkpoint of ``workdir``, else its latest.
+    explain_results: also write the HTML report and flow figures (:func:`explain`).
+
+  Returns:
+    The evaluation results (:func:`diml_jax.evaluation.evaluate`).
+  """
+  experiment.check_config(config)
+  mesh = experiment.make_mesh()
+  model = experiment.build_model(config)
+  train_set = experiment.load_split(config, "train")  # paths only: for the state's shapes
+  test_set = experiment.load_split(config, "test")
+  directory, step = _find_checkpoint(workdir, checkpoint)
+  manager = experiment.checkpoint_manager(*os.path.split(directory))
+  steps_per_epoch = config.steps_per_epoch or max(1, len(train_set) // config.batch_size)
+  template = experiment.state_template(config, model, train_set.num_classes, steps_per_epoch)
+  state = experiment.restore(manager, template, mesh, step)
+  out_dir = os.path.join(workdir, "eval", f"step_{step}")
+  cache = os.path.join(out_dir, "embeddings.npz")
+  if os.path.exists(cache):
+    logging.info("Embeddings from %s", cache)
+    embeddings = evaluation.load_embeddings(cache)
+  else:
+    embeddings = embed(config, model, model_variables(state), test_set, mesh)
+    if jax.process_index() == 0:
+      os.makedirs(out_dir, exist_ok=True)
+      evaluation.save_embeddings(cache, embeddings)
+  results = evaluate_embeddings(config, embeddings)
+  if jax.process_index() == 0:
+    evaluation.write_results(results, out_dir)
+    print(f"{test_set}, checkpoint {directory}/{step}\n{evaluation.format_table(results)}")
+    if explain_results:
+      print("report:", explain(config, test_set, embeddings, out_dir))
+  return results
+
+
+def _find_checkpoint(workdir: str, checkpoint: str | None) -> tuple[str, int]:
+  """``(manager directory, step)`` of the checkpoint to evaluate."""
+  if checkpoint:
+    path = os.path.abspath(checkpoint.rstrip("/"))
+    if os.path.basename(path).isdigit() and os.path.isdir(path):
+      return os.path.dirname(path), int(os.path.basename(path))
+    raise FileNotFoundError(
+        f"--checkpoint={checkpoint!r} is not a checkpoint step directory such as "
+        f"{os.path.join(workdir, 'checkpoints', '1200')}.")
+  for name in ("best", "checkpoints"):
+    directory = os.path.abspath(os.path.join(workdir, name))
+    steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) if os.path.isdir(directory) else []
+    if steps:
+      return directory, steps[-1]
+  raise FileNotFoundError(
+      f"No checkpoint in {workdir!r} (looked in best/ and checkpoints/): train first with "
+      f"`python train.py --config ... --workdir {workdir}`, or pass --checkpoint.")

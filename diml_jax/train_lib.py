@@ -1,0 +1,299 @@
+"""Training: one readable function, data-parallel over any device mesh, preemption-safe.
+
+``train_and_evaluate(config, workdir)`` trains an embedding model with a metric loss
+(on DIML's structural quantity or on the global embedding), evaluates global and DIML
+re-ranked retrieval every few epochs, and checkpoints with Orbax so that a run killed at
+any moment continues, with the same ``workdir``, exactly where it left off.
+
+Parallelism: one jitted update over a replicated state and a batch sharded along the
+``"data"`` axis of a mesh over all devices of all hosts (what ``pmap`` became in current
+JAX). The losses see the global batch; DIML's O(B^2) matching is split over the devices
+(:mod:`diml_jax.losses`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tensorboardX import SummaryWriter
+
+from diml_jax import data, eval_lib, evaluation, experiment, losses
+from diml_jax.experiment import DATA_AXIS, TrainState
+
+
+# --------------------------------------------------------------------------------------
+# Optimiser and loss, from the config.
+
+
+LossFn = Callable[[Any, jax.Array, jax.Array, jax.Array, jax.Array], losses.LossOutput]
+
+
+def make_loss(config: ml_collections.ConfigDict, mesh: Mesh | None) -> LossFn:
+  """``loss(loss_params, global [b, d], local [b, r, d], labels [b], key) -> LossOutput``."""
+  c = config.loss
+  where = dict(marginals=c.marginals, mesh=mesh, axis_name=DATA_AXIS)
+  sinkhorn = dict(config.sinkhorn)
+  diml = dict(where, sinkhorn=sinkhorn)
+
+  def distances(global_, local):
+    if c.diml:
+      return losses.structural_matrix(local, global_, quantity="distance", **where, **sinkhorn)
+    return losses.euclidean_distance(global_)
+
+  def loss(loss_params, global_, local, labels, key):
+    if c.name == "margin":
+      kw = dict(margin=c.margin.margin, cutoff=c.margin.cutoff,
+                nonzero_loss_cutoff=c.margin.nonzero_loss_cutoff)
+      if c.diml:
+        return losses.margin_diml(
+            local, labels, loss_params["beta"], key, global_features=global_, **kw, **diml)
+      return losses.margin_global(global_, labels, loss_params["beta"], key, **kw)
+    if c.name == "multisimilarity":
+      if c.diml:
+        return losses.multi_similarity_diml(
+            local, labels, global_features=global_, **c.multisimilarity, **diml)
+      return losses.multi_similarity_loss(
+          losses.cosine_similarity(global_), labels, **c.multisimilarity)
+    if c.name == "proxyanchor":
+      return losses.proxy_anchor_loss(
+          losses.proxy_similarity(global_, loss_params["proxies"]), labels,
+          alpha=c.proxyanchor.alpha, margin=c.proxyanchor.margin)
+    if c.name == "triplet":
+      return losses.triplet_loss(distances(global_, local), labels, **c.triplet)
+    return losses.contrastive_loss(distances(global_, local), labels, **c.contrastive)
+
+  return loss
+
+
+# --------------------------------------------------------------------------------------
+# The update.
+
+
+def make_train_step(model, loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh):
+  """The jitted update ``(state, batch, key) -> (state, measurements)``.
+
+  The state is replicated and donated; the batch is sharded along ``"data"``. If the loss
+  or the gradients are not finite the state is returned unchanged and
+  ``measurements["finite"]`` is False (the loop then stops, naming the step).
+  """
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+
+  def step(state: TrainState, batch: dict, key: jax.Array):
+    def loss_of(params):
+      variables = {"params": params["model"]}
+      if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+      (global_, aux), updates = model.apply(
+          variables, batch["image"], train=True, mutable=["batch_stats"]
+      )
+      out = loss_fn(params["loss"], global_, aux["local"], batch["label"], key)
+      return out.loss, (updates.get("batch_stats", state.batch_stats), out)
+
+    (loss, (batch_stats, out)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        state.params
+    )
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new = TrainState(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats, opt_state=opt_state,
+    )
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+    measurements = {
+        "loss": loss, "grad_norm": grad_norm, "active_fraction": out.active_fraction,
+        "finite": finite,
+    }
+    return new, measurements
+
+  return jax.jit(
+      step, in_shardings=(replicated, batch_sharding, replicated),
+      out_shardings=(replicated, replicated), donate_argnums=(0,),
+  )
+
+
+# --------------------------------------------------------------------------------------
+# The loop.
+
+
+class _Log:
+  """Measurements to TensorBoard event files (no TensorFlow needed) and a JSON-lines file."""
+
+  def __init__(self, workdir: str):
+    self.primary = jax.process_index() == 0
+    if self.primary:
+      self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self.primary:
+      return
+    for name, value in scalars.items():
+      self.writer.add_scalar(name, value, step)
+    self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    self.jsonl.flush()
+
+  def close(self) -> None:
+    if self.primary:
+      self.writer.close()
+      self.jsonl.close()
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains and evaluates; resumes from ``workdir``'s latest checkpoint if there is one.
+
+  Args:
+    config: see ``configs/common.py``.
+    workdir: checkpoints (``checkpoints/``, ``best/``), logs (``metrics.jsonl``,
+      ``tensorboard/``), the resolved ``config.json`` and evaluation results (``eval/``).
+
+  Returns:
+    The last evaluation's results (:func:`diml_jax.evaluation.evaluate`).
+
+  Raises:
+    FloatingPointError: the loss or the gradients became NaN or infinite; the message
+      names the step and the last checkpoint.
+  """
+  experiment.check_config(config)  # before anything heavy
+  os.makedirs(workdir, exist_ok=True)
+  experiment.save_config(config, workdir)
+  mesh = experiment.make_mesh()
+  train_set = experiment.load_split(config, "train")
+  test_set = experiment.load_split(config, "test")
+  model = experiment.build_model(config)
+  steps_per_epoch = config.steps_per_epoch or max(1, len(train_set) // config.batch_size)
+  total_steps = config.num_epochs * steps_per_epoch
+  logging.info("%s / %s: %d steps of %d images (%d epochs) on %d devices", train_set,
+               test_set, total_steps, config.batch_size, config.num_epochs, jax.device_count())
+
+  # Order of resumption: (1) a fresh state is built (it gives the structure, shapes and
+  # shardings); (2) the latest checkpoint, if any, replaces it: parameters, optimiser
+  # state, batch-norm statistics and the step; (3) the data sampler starts at that step,
+  # as batches and PRNG keys are functions of (seed, step) alone.
+  params, batch_stats = experiment.init_variables(config, model, train_set.num_classes)
+  tx = experiment.make_optimizer(config, params, steps_per_epoch)
+  state = experiment.replicate(
+      TrainState(step=np.int32(0), params=params, batch_stats=batch_stats,
+                 opt_state=tx.init(params)), mesh)
+  checkpoints = experiment.checkpoint_manager(workdir, "checkpoints", config.keep_checkpoints)
+  best = experiment.checkpoint_manager(workdir, "best", 1)
+  if checkpoints.latest_step() is not None:
+    state = experiment.restore(checkpoints, state, mesh)
+    logging.info("Resumed from step %d in %s", int(state.step), checkpoints.directory)
+  start = int(state.step)
+
+  loss_mesh = mesh if jax.device_count() > 1 else None
+  train_step = make_train_step(model, make_loss(config, loss_mesh), tx, mesh)
+  base_key = jax.random.key(config.seed)
+  batches = data.train_iterator(
+      train_set, batch_size=config.batch_size, images_per_class=config.images_per_class,
+      image_size=config.data.image_size, seed=config.seed, start_step=start,
+      num_steps=total_steps - start, normalization=experiment.normalization(model),
+      num_workers=None if config.data.num_workers < 0 else config.data.num_workers,
+  )
+  log = _Log(workdir)
+  best_r1 = _best_recall(workdir)
+  results: dict[str, Any] = {}
+  pending = None  # the previous step's measurements, checked one step late (no sync)
+  bar = None
+  try:
+    device_batches = data.device_prefetch(batches, NamedSharding(mesh, P(DATA_AXIS)))
+    for step in range(start, total_steps):
+      epoch = step // steps_per_epoch
+      if bar is None:
+        bar = tqdm.tqdm(total=steps_per_epoch, initial=step % steps_per_epoch,
+                        desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step",
+                        disable=jax.process_index() != 0, leave=False)
+        epoch_start, epoch_step0 = time.perf_counter(), step
+      batch = next(device_batches)
+      state, measurements = train_step(state, batch, jax.random.fold_in(base_key, step))
+      if pending is not None:
+        _check_finite(pending, checkpoints)
+      pending = (step, measurements)
+      bar.update()
+      if (step + 1) % config.log_every_steps == 0:
+        scalars = {f"train/{k}": float(v) for k, v in measurements.items() if k != "finite"}
+        images_per_s = (step + 1 - epoch_step0) * config.batch_size / (
+            time.perf_counter() - epoch_start)
+        scalars["train/images_per_s"] = images_per_s
+        bar.set_postfix(loss=f"{scalars['train/loss']:.4f}", img_s=f"{images_per_s:.1f}")
+        log.write(step + 1, scalars)
+      if (step + 1) % config.checkpoint_every_steps == 0:
+        checkpoints.save(step + 1, args=ocp.args.StandardSave(state))
+      if (step + 1) % steps_per_epoch == 0:
+        bar.close()
+        bar = None
+        epoch_done = (step + 1) // steps_per_epoch
+        if epoch_done % config.eval.every_epochs == 0 or step + 1 == total_steps:
+          _check_finite(pending, checkpoints)
+          results = eval_lib.evaluate_model(config, model, state, test_set, mesh)
+          r1 = _log_eval(results, log, step + 1, workdir, epoch_done)
+          if r1 > best_r1:
+            best_r1 = r1
+            best.save(step + 1, args=ocp.args.StandardSave(state), force=True)
+            experiment.write_json(os.path.join(workdir, "best.json"),
+                                  {"step": step + 1, "epoch": epoch_done, "recall@1": r1})
+    if pending is not None:
+      _check_finite(pending, checkpoints)
+    if checkpoints.latest_step() != total_steps:
+      checkpoints.save(total_steps, args=ocp.args.StandardSave(state), force=True)
+  finally:
+    if bar is not None:
+      bar.close()
+    checkpoints.wait_until_finished()
+    best.wait_until_finished()
+    log.close()
+    skipped = getattr(batches, "skipped", 0)
+    if skipped:
+      logging.warning("%d corrupt training images were skipped", skipped)
+  return results
+
+
+def _check_finite(pending, checkpoints) -> None:
+  step, measurements = pending
+  if not bool(measurements["finite"]):
+    last = checkpoints.latest_step()
+    raise FloatingPointError(
+        f"Step {step}: the loss ({float(measurements['loss'])}) or the gradient norm "
+        f"({float(measurements['grad_norm'])}) is not finite; the update was not applied. "
+        f"Last good checkpoint: "
+        + (f"step {last} in {checkpoints.directory}." if last is not None else "none yet.")
+        + " Lower the learning rate, or check the data, then restart with the same workdir."
+    )
+
+
+def _best_recall(workdir: str) -> float:
+  path = os.path.join(workdir, "best.json")
+  if not os.path.exists(path):
+    return -1.0
+  with open(path) as f:
+    return json.load(f)["recall@1"]
+
+
+def _log_eval(results: dict, log: _Log, step: int, workdir: str, epoch: int) -> float:
+  """Logs an evaluation; returns the R@1 that picks the best checkpoint (best K's)."""
+  scalars = {}
+  for k, row in results["metrics"].items():
+    name = "global" if k == "0" else f"diml_k{k}"
+    for metric, value in row.items():
+      if metric != "queries":
+        scalars[f"eval/{name}/{metric}"] = value
+  if results["nmi"] is not None:
+    scalars["eval/nmi"] = results["nmi"]
+  log.write(step, scalars)
+  if jax.process_index() == 0:
+    evaluation.write_results(results, os.path.join(workdir, "eval", f"epoch_{epoch:04d}"))
+    tqdm.tqdm.write(f"epoch {epoch}, step {step}\n{evaluation.format_table(results)}")
+  return max(row["recall@1"] for row in results["metrics"].values())

@@ -1,0 +1,39 @@
+"""Trains a DIML model; restarting with the same --workdir resumes.
+
+  python train.py --config configs/sop_margin.py [--workdir DIR] [--config.key=value ...]
+  python train.py --config configs/demo.py                  # a few minutes on a CPU
+  python train.py --config configs/cub_margin_diml.py --config.data.root=/data/CUB_200_2011
+
+On a multi-host TPU or GPU slice, run the same command on every host with --distributed.
+"""
+import os
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Checkpoints, logs and results; default runs/<config name>.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  from diml_jax import train_lib  # after initialize(): it may use the backend
+  train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value or default_workdir())
+
+
+def default_workdir() -> str:
+  name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
+  return os.path.join("runs", name)
+
+
+if __name__ == "__main__":  # also keeps the data loader's spawned workers from re-running this
+  app.run(main)
