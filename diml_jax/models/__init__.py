@@ -5,9 +5,11 @@
 - :mod:`~diml_jax.models.vit`: ViT-S/16 and ViT-B/16 (DeiT / timm layout) with attention maps.
 - :mod:`~diml_jax.models.head`: :class:`EmbeddingModel`, global and local (part) embeddings.
 - :mod:`~diml_jax.models.rollout`: truncated attention rollout, the ViT part weights of DIML.
+- :mod:`~diml_jax.models.dgml`: DGML's attentive grouping head and diversity loss.
 - :mod:`~diml_jax.models.pretrained`: PyTorch state dicts -> Flax variables, key by key.
 - :mod:`~diml_jax.models.weight_files`: reading weight files without running their code.
 """
+from diml_jax.models.dgml import AttentiveGrouping, GroupingModel, diversity_loss
 from diml_jax.models.efficientnet import (LITE0_STAGES, EfficientNetLite, EfficientNetLite0,
                                           EfficientNetLiteTiny, Stage)
 from diml_jax.models.head import RESIZE_TO, EmbeddingModel, grid_pool
