@@ -3,13 +3,17 @@
 DIML's journal version (Zhao et al., TPAMI 2023, the extension to ViTs) compares two images
 by a *partial* transport flow: only a fraction ``p`` (``mass``) of each image's part weight
 is transported, so parts of one image that have no counterpart in the other (background,
-an occluded or cropped-out part) need not be matched to anything:
+an occluded or cropped-out part) need not be matched to anything. Without regularisation:
 
 .. math::
 
   T = \\arg\\min_{T \\ge 0,\\; T \\mathbf{1} \\le \\mu,\\; T^\\top \\mathbf{1} \\le \\nu,\\;
-      \\mathbf{1}^\\top T \\mathbf{1} = p} \\langle T, 1 - S \\rangle - \\varepsilon H(T),
+      \\mathbf{1}^\\top T \\mathbf{1} = p} \\langle T, 1 - S \\rangle,
   \\qquad s_p(a, b) = \\sum_{ij} T_{ij} S_{ij}.
+
+The flow here is the entropic one of the augmented problem below (its entropy also covers
+the mass each part leaves unmatched); as ``epsilon -> 0`` it tends to the flow above (tested
+against a linear program).
 
 **Dummy-point construction** (Chapel, Alaya, Gasso, NeurIPS 2020): each side gets
 one extra part holding mass ``1 - p``, and a balanced problem is solved on the augmented
@@ -34,17 +38,20 @@ one extra part holding mass ``1 - p``, and a balanced problem is solved on the a
 it is then solved without them (parts without mass make the solver's ``"implicit"`` and
 ``"unroll"`` gradients NaN).
 
+The published DIML code has no transformer part; public research code derived from it
+(``utilities/diml.py``, ``Sinkhorn_partial`` with ``ot_part = p``) uses the same construction:
+constant dummy kernel entries and a zero dummy-dummy kernel entry.
+
 **Normalisation.** :attr:`PartialMatching.similarity` is ``sum_ij T_ij S_ij`` over the real
-parts, unnormalised, as in the authors' ViT code (``Sinkhorn_partial`` with ``ot_part = p``,
-then ``sum(T[:R, :R] * S)``): it lies in ``[-p, p]``, so with small ``p`` it weighs little
-next to a global cosine in multi-scale re-ranking (``structural + global``).
+parts, unnormalised, as that code computes it (``sum(T[:R, :R] * S)``): it lies in
+``[-p, p]``, so with small ``p`` it weighs little next to a global cosine in multi-scale
+re-ranking (``structural + global``).
 :attr:`PartialMatching.mean_similarity` divides by the transported mass: the average
 similarity of the matched parts, in ``[-1, 1]`` like a cosine.
 """
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, Literal, NamedTuple
 
 import jax

@@ -14,7 +14,8 @@ the final norm, ``[b, c]`` (what DeiT classifies from), ``aux["feature_map"]`` t
 weights of every block, a tuple of ``depth`` arrays ``[b, heads, n + 1, n + 1]`` (token 0 is
 the class token) -- the input of the truncated attention rollout
 (:mod:`diml_jax.models.rollout`) that weights the patches in DIML's transport problem (TPAMI
-2023). As a tuple, blocks whose attention a jitted caller does not use are never kept.
+2023). As a tuple nothing is copied into one array, and under ``jit`` the weights of blocks
+that a caller does not use are not kept.
 
 Position embeddings are learned for an ``image_size`` x ``image_size`` input; other sizes
 (multiples of ``patch_size``) resample the grid part bicubically as timm does
@@ -212,7 +213,8 @@ class VisionTransformer(nn.Module):
 
     Raises:
       ValueError: images that are not ``[b, h, w, 3]``, or whose sides are not multiples of
-        ``patch_size``; a width not divisible by ``num_heads``.
+        ``patch_size``; an ``image_size`` that is not either; a width not divisible by
+        ``num_heads``.
     """
     del train  # no dropout or batch norm
     check_images(images)
@@ -220,6 +222,9 @@ class VisionTransformer(nn.Module):
     if images.shape[1] % p or images.shape[2] % p:
       raise ValueError(f"`images` height and width must be multiples of the patch size {p};"
                        f" got shape {images.shape}.")
+    if self.image_size % p:
+      raise ValueError(f"`image_size` ({self.image_size}) must be a multiple of `patch_size`"
+                       f" ({p}).")
     if self.hidden_size % self.num_heads:
       raise ValueError(f"`hidden_size` ({self.hidden_size}) must be divisible by `num_heads`"
                        f" ({self.num_heads}).")
@@ -263,10 +268,10 @@ def vit_variables(state_dict: Mapping[str, np.ndarray], model: VisionTransformer
 
   The rules of :func:`~diml_jax.models.pretrained.convert_state_dict` (every variable from
   exactly one key, every key used, kernels transposed to Flax's layout), plus the two token
-  parameters ``cls_token`` and ``pos_embed``, copied as they are. DeiT's ``.pth`` files nest the state
-  dict: read them with ``load_state_dict(path, key="model")``. Distilled DeiT checkpoints
-  (``dist_token``, ``head_dist``) and timm variants with extra layers (layer scale, register
-  tokens, ``fc_norm``) are reported as unexpected keys.
+  parameters ``cls_token`` and ``pos_embed``, copied as they are. DeiT's ``.pth`` files
+  nest the state dict: read them with ``load_state_dict(path, key="model")``. Distilled
+  DeiT checkpoints (``dist_token``, ``head_dist``) and timm variants with extra layers
+  (layer scale, register tokens, ``fc_norm``) are reported as unexpected keys.
 
   Args:
     state_dict: ``{key: array}`` with timm's names (``blocks.0.attn.qkv.weight``, ...).

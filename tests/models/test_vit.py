@@ -172,10 +172,14 @@ def test_bad_images_raise_value_error(shape, message):
     model.apply(variables, jnp.zeros(shape))
 
 
-def test_width_must_split_into_heads():
+def test_bad_configurations_raise_value_error():
+  images = jnp.zeros((1, 64, 64, 3))
   with pytest.raises(ValueError, match=r"`hidden_size` \(24\) must be divisible by `num_heads`"
                      r" \(5\)"):
-    ViTTiny(num_heads=5).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    ViTTiny(num_heads=5).init(jax.random.key(0), images)
+  with pytest.raises(ValueError, match=r"`image_size` \(60\) must be a multiple of"
+                     r" `patch_size` \(16\)"):
+    ViTTiny(image_size=60).init(jax.random.key(0), images)
 
 
 @pytest.mark.slow
