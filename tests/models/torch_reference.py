@@ -160,3 +160,88 @@ def randomize_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
         module.weight.copy_(0.5 + torch.rand(c, generator=gen))
         module.bias.copy_(0.1 * torch.randn(c, generator=gen))
   return model
+
+
+class TorchViTAttention(nn.Module):
+
+  def __init__(self, dim: int, heads: int):
+    super().__init__()
+    self.heads = heads
+    self.qkv = nn.Linear(dim, 3 * dim)
+    self.proj = nn.Linear(dim, dim)
+
+  def forward(self, x):
+    b, n, c = x.shape
+    d = c // self.heads
+    q, k, v = self.qkv(x).view(b, n, 3, self.heads, d).permute(2, 0, 3, 1, 4)  # 3 b h n d
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)
+    return self.proj((weights @ v).transpose(1, 2).reshape(b, n, c)), weights
+
+
+class TorchViTMlp(nn.Module):
+
+  def __init__(self, dim: int, hidden: int):
+    super().__init__()
+    self.fc1 = nn.Linear(dim, hidden)
+    self.fc2 = nn.Linear(hidden, dim)
+
+  def forward(self, x):
+    return self.fc2(F.gelu(self.fc1(x)))
+
+
+class TorchViTBlock(nn.Module):
+
+  def __init__(self, dim: int, heads: int, hidden: int):
+    super().__init__()
+    self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+    self.attn = TorchViTAttention(dim, heads)
+    self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+    self.mlp = TorchViTMlp(dim, hidden)
+
+  def forward(self, x):
+    y, weights = self.attn(self.norm1(x))
+    x = x + y
+    return x + self.mlp(self.norm2(x)), weights
+
+
+class TorchViTPatchEmbed(nn.Module):
+
+  def __init__(self, dim: int, patch: int):
+    super().__init__()
+    self.proj = nn.Conv2d(3, dim, patch, patch)
+
+  def forward(self, x):
+    return self.proj(x)
+
+
+class TorchViT(nn.Module):
+  """ViT in timm's state-dict layout (DeiT without distillation). Returns ``(tokens after the
+  final norm [b, 1 + n, c], per-block attention weights, logits)``; inputs of another size
+  than ``image_size`` get the grid of position embeddings resampled with
+  ``F.interpolate(mode="bicubic", align_corners=False)``."""
+
+  def __init__(self, dim, depth, heads, hidden, patch=16, image_size=224, num_classes=1000):
+    super().__init__()
+    self.side = image_size // patch
+    self.patch_embed = TorchViTPatchEmbed(dim, patch)
+    self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, dim))
+    self.pos_embed = nn.Parameter(0.02 * torch.randn(1, 1 + self.side**2, dim))
+    self.blocks = nn.ModuleList(TorchViTBlock(dim, heads, hidden) for _ in range(depth))
+    self.norm = nn.LayerNorm(dim, eps=1e-6)
+    self.head = nn.Linear(dim, num_classes)
+
+  def forward(self, x):
+    x = self.patch_embed(x)
+    b, c, gh, gw = x.shape
+    pos = self.pos_embed
+    if (gh, gw) != (self.side, self.side):
+      grid = pos[:, 1:].reshape(1, self.side, self.side, c).permute(0, 3, 1, 2)
+      grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
+      pos = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, gh * gw, c)], 1)
+    x = torch.cat([self.cls_token.expand(b, 1, c), x.flatten(2).transpose(1, 2)], 1) + pos
+    attentions = []
+    for block in self.blocks:
+      x, weights = block(x)
+      attentions.append(weights)
+    x = self.norm(x)
+    return x, attentions, self.head(x[:, 0])
