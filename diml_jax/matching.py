@@ -154,6 +154,8 @@ class _KernelGeometry(geometry.Geometry):
     return jnp.dot(self._kernel_matrix if axis == 1 else self._kernel_matrix.T, vec)
 
 
+# Mass given to every part when differentiating through the solver (see _transport).
+_MASS_FLOOR = 1e-6
 # Plain Sinkhorn rounds before over-relaxation; the rate is measured over the last one.
 _PLAIN_ROUNDS = 3
 # exp(-2 / eps) is the smallest kernel entry for cosine costs in [0, 2]; it stays a
@@ -169,6 +171,11 @@ def _transport(
   if opts.gradient == "constant":
     # The published method treats the flow as a constant in the backward pass.
     s, mu, nu = jax.lax.stop_gradient((s, mu, nu))
+  else:
+    # A part with zero mass has a potential of -inf, whose derivative is NaN in OTT's
+    # backward pass; a floor of 1e-6 per part (about 1e-6 on the similarity) keeps the
+    # solver differentiable. Cross marginals have zero-mass parts often.
+    mu, nu = ((m + _MASS_FLOOR) / (1.0 + m.shape[-1] * _MASS_FLOOR) for m in (mu, nu))
   cost = 1.0 - s
   if opts.lse_mode:
     data, make = cost, lambda c: geometry.Geometry(cost_matrix=c, epsilon=eps)

@@ -169,7 +169,8 @@ class EmbeddingModel(nn.Module):
       ``"local"`` ``[b, g * g, d]`` (the ``g = self.grid_size`` cells per side in
       row-major order: ``local.reshape(b, g, g, d)`` is the grid), the backbone's
       ``"feature_map"`` ``[b, h, w, c]`` and ``"pooled"`` ``[b, c]`` (the average-pooled
-      map). The grid size is not in ``aux``: an int returned from ``jit`` would become an
+      map), and whatever else the backbone returns in its ``aux`` (a ViT's
+      ``"attentions"``). The grid size is not in ``aux``: an int returned from ``jit`` would become an
       array, while ``self.grid_size`` stays static.
     """
     check_images(images)
@@ -192,5 +193,6 @@ class EmbeddingModel(nn.Module):
       global_ = embed(pooled.astype(jnp.float32))
     if self.normalize:
       local, global_ = l2_normalize(local), l2_normalize(global_)
-    aux = {"local": local, "feature_map": feature_map, "pooled": pooled}
+    # The backbone's own outputs (e.g. a ViT's "attentions") pass through.
+    aux = {**backbone_aux, "local": local, "feature_map": feature_map, "pooled": pooled}
     return global_, aux

@@ -150,6 +150,8 @@ def test_embedding_model_takes_the_patch_tokens_as_its_map():
   global_, aux = jax.eval_shape(model.apply, variables, images)
   assert global_.shape == (3, 8) and aux["local"].shape == (3, 4, 8)
   assert aux["feature_map"].shape == (3, 4, 6, 24) and aux["pooled"].shape == (3, 24)
+  # The attentions pass through, for the rollout marginals.
+  assert [a.shape[:2] for a in aux["attentions"]] == [(3, ViTTiny().num_heads)] * ViTTiny().depth
 
 
 def test_bfloat16_computation_keeps_float32_parameters_and_attention():
