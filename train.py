@@ -24,6 +24,10 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Compiled programs are cached on disk, so a restarted (e.g. preempted) run does not
+  # compile them again. JAX_COMPILATION_CACHE_DIR overrides the place.
+  jax.config.update("jax_compilation_cache_dir", os.environ.get(
+      "JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/diml_jax/xla")))
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   from diml_jax import train_lib  # after initialize(): it may use the backend

@@ -77,7 +77,7 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.steps_per_epoch = 0            # 0: len(train split) // batch_size
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.every_epochs = 5
+  c.eval.every_epochs = 5          # and after the last epoch; 0: never
   c.eval.batch_size = 128
   c.eval.ks = (0, 5, 10, 50, 100, 500, 1000)  # re-ranking depths K (0 = global only)
   c.eval.include_query_in_r = False  # True: the original code's R-Precision / MAP@R

@@ -8,7 +8,7 @@ evaluations.
 from __future__ import annotations
 
 import collections
-import logging
+from absl import logging
 import os
 from typing import Any
 

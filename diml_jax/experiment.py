@@ -7,7 +7,7 @@ config value is checked by :func:`check_config` before anything heavy starts.
 from __future__ import annotations
 
 import json
-import logging
+from absl import logging
 import os
 from typing import Any
 
@@ -96,8 +96,13 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 
 def make_mesh() -> Mesh:
-  """A 1-D data-parallel mesh over every device of every host."""
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,))
+  """A 1-D data-parallel mesh over every device of every host.
+
+  The axis is ``Auto``: the compiler propagates shardings from the inputs (a batch split
+  along ``"data"``, a replicated state), rather than every operation declaring its own.
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def load_split(config: ml_collections.ConfigDict, split: str) -> data.Dataset:

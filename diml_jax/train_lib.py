@@ -13,7 +13,7 @@ JAX). The losses see the global batch; DIML's O(B^2) matching is split over the 
 from __future__ import annotations
 
 import json
-import logging
+from absl import logging
 import os
 import time
 from typing import Any, Callable
@@ -193,6 +193,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = experiment.restore(checkpoints, state, mesh)
     logging.info("Resumed from step %d in %s", int(state.step), checkpoints.directory)
   start = int(state.step)
+  if start >= total_steps:
+    logging.info("%s has finished training (step %d of %d): nothing to do.", workdir, start,
+                 total_steps)
+    return {}
 
   loss_mesh = mesh if jax.device_count() > 1 else None
   train_step = make_train_step(model, make_loss(config, loss_mesh), tx, mesh)
@@ -236,7 +240,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         bar.close()
         bar = None
         epoch_done = (step + 1) // steps_per_epoch
-        if epoch_done % config.eval.every_epochs == 0 or step + 1 == total_steps:
+        every = config.eval.every_epochs
+        if every and (epoch_done % every == 0 or step + 1 == total_steps):
           _check_finite(pending, checkpoints)
           results = eval_lib.evaluate_model(config, model, state, test_set, mesh)
           r1 = _log_eval(results, log, step + 1, workdir, epoch_done)
