@@ -21,7 +21,7 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diml_jax import matching
 
@@ -46,10 +46,27 @@ def _check_embeddings(name: str, x) -> jax.Array:
   return x
 
 
+def replicated(x: jax.Array) -> jax.Array:
+  """``x`` made whole on every device if its type carries an explicit sharding.
+
+  Under a mesh with ``AxisType.Explicit`` axes (``jax.make_mesh``'s default) a batch
+  sharded by rows must be gathered before ``x @ x.T``, whose result could otherwise be
+  sharded along both dimensions; elsewhere (automatic sharding, one device) a no-op.
+  """
+  sharding = jax.typeof(x).sharding
+  if not isinstance(sharding, NamedSharding) or all(a is None for a in sharding.spec):
+    return x
+  return jax.sharding.reshard(x, NamedSharding(sharding.mesh, P()))
+
+
 def cosine_similarity(x: jax.Array, y: jax.Array | None = None) -> jax.Array:
-  """Cosine similarities of embeddings ``x [b, d]`` and ``y [m, d]`` (default ``x``) -> ``[b, m]``."""
+  """Cosine similarities of embeddings ``x [b, d]`` and ``y [m, d]`` (default ``x``) -> ``[b, m]``.
+
+  With the batch sharded by rows the result is too (``y`` is gathered, see
+  :func:`replicated`).
+  """
   x = matching.normalize(_check_embeddings("x", x))
-  y = x if y is None else matching.normalize(_check_embeddings("y", y))
+  y = replicated(x if y is None else matching.normalize(_check_embeddings("y", y)))
   if y.shape[1] != x.shape[1]:
     raise ValueError(f"x [b, d] and y [m, d] need the same d; got {x.shape} and {y.shape}.")
   return x @ y.T
