@@ -100,7 +100,8 @@ def torch_distance_weighted(x, labels, rng):
     w[labels == labels[i]] = 0
     pos = labels == labels[i]
     pos[i] = False
-    triplets.append((i, rng.choice(np.nonzero(pos)[0]), rng.choice(len(labels), p=(w / w.sum()).numpy())))
+    negative = rng.choice(len(labels), p=(w / w.sum()).numpy())
+    triplets.append((i, rng.choice(np.nonzero(pos)[0]), negative))
   return triplets
 
 

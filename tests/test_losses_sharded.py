@@ -53,7 +53,8 @@ def runs():
   ``Explicit`` (``jax.make_mesh``'s default: shardings are part of the array types) and
   ``Auto`` (the compiler propagates shardings from the inputs').
   """
-  assert jax.device_count() == N_DEVICES
+  cpus = jax.devices("cpu")  # CPU devices whatever the default backend, for one backend
+  assert len(cpus) == N_DEVICES
   rng = np.random.default_rng(0)
   proto = rng.normal(size=(B // 2, R, C))
   x = (proto[LABELS] + 0.8 * rng.normal(size=(B, R, C)) + rng.normal(size=C)).astype(np.float32)
@@ -62,10 +63,11 @@ def runs():
           jnp.asarray(rng.normal(size=(B // 2, R_PROXY, C)), jnp.float32)]
   meshes = {"single": None}
   for kind in (AxisType.Explicit, AxisType.Auto):
-    meshes[kind.name.lower()] = jax.make_mesh((N_DEVICES,), ("data",), axis_types=(kind,))
+    meshes[kind.name.lower()] = jax.make_mesh(
+        (N_DEVICES,), ("data",), axis_types=(kind,), devices=cpus)
   result = {}
   for name, m in meshes.items():
-    run_args = list(args)
+    run_args = [jax.device_put(a, cpus[0]) for a in args]
     if m is not None:  # the batch split by rows; parameters replicated
       run_args[0] = jax.device_put(args[0], NamedSharding(m, P("data")))
       run_args[1:] = [jax.device_put(a, NamedSharding(m, P())) for a in args[1:]]

@@ -29,7 +29,7 @@ def init_proxies(key: jax.Array, n_classes: int, dim: int) -> jax.Array:
 
 
 def proxy_similarity(embeddings: jax.Array, proxies: jax.Array) -> jax.Array:
-  """Cosine similarity of embeddings ``[b, d]`` and proxies ``[n_classes, d]`` -> ``[b, n_classes]``."""
+  """Cosines of embeddings ``[b, d]`` and proxies ``[n_classes, d]`` -> ``[b, n_classes]``."""
   return quantities.cosine_similarity(embeddings, proxies)
 
 

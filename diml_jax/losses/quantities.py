@@ -46,7 +46,7 @@ def _check_embeddings(name: str, x) -> jax.Array:
   return x
 
 
-def replicated(x: jax.Array) -> jax.Array:
+def _replicated(x: jax.Array) -> jax.Array:
   """``x`` made whole on every device if its type carries an explicit sharding.
 
   Under a mesh with ``AxisType.Explicit`` axes (``jax.make_mesh``'s default) a batch
@@ -62,11 +62,11 @@ def replicated(x: jax.Array) -> jax.Array:
 def cosine_similarity(x: jax.Array, y: jax.Array | None = None) -> jax.Array:
   """Cosine similarities of embeddings ``x [b, d]`` and ``y [m, d]`` (default ``x``) -> ``[b, m]``.
 
-  With the batch sharded by rows the result is too (``y`` is gathered, see
-  :func:`replicated`).
+  With the batch sharded by rows the result is too (``y`` is gathered first under an
+  explicit-sharding mesh).
   """
   x = matching.normalize(_check_embeddings("x", x))
-  y = replicated(x if y is None else matching.normalize(_check_embeddings("y", y)))
+  y = _replicated(x if y is None else matching.normalize(_check_embeddings("y", y)))
   if y.shape[1] != x.shape[1]:
     raise ValueError(f"x [b, d] and y [m, d] need the same d; got {x.shape} and {y.shape}.")
   return x @ y.T
