@@ -106,7 +106,7 @@ def test_distance_weighted_sampling_follows_the_inverse_sphere_density(nonzero_l
       assert np.all(pos[:, i] == i)
 
 
-def test_distance_weighted_flags_missing_partners_and_ignores_gradients():
+def test_distance_weighted_flags_missing_partners():
   labels = np.zeros(4, int)  # one class: no negatives
   x = jnp.asarray(embeddings(3)[:4])
   s = miners.distance_weighted(jax.random.key(0), losses.euclidean_distance(x), labels, dim=8)
@@ -114,9 +114,7 @@ def test_distance_weighted_flags_missing_partners_and_ignores_gradients():
   np.testing.assert_array_equal(s.negative, np.arange(4))  # the anchor itself, flagged
   pairs = s.pairs
   assert pairs.positive.shape == (4, 2) and not np.any(pairs.negative)
-  g = jax.grad(lambda a: jnp.sum(miners.distance_weighted(
-      jax.random.key(0), losses.euclidean_distance(a), labels, dim=8).pairs.positive * 1.0))(x)
-  assert not np.any(g)
+  np.testing.assert_array_equal(pairs.positive, np.stack([np.ones(4), np.zeros(4)], 1))
 
 
 @pytest.mark.parametrize("call,message", [
