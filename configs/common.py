@@ -53,7 +53,8 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.loss.name = loss
   c.loss.diml = diml
   c.loss.marginals = "cross"
-  c.loss.margin = dict(margin=0.2, beta=1.2, beta_lr=5e-4, cutoff=0.5, nonzero_loss_cutoff=1.4)
+  # nonzero_loss_cutoff: 0 = off, as in the published code (Wu et al. use 1.4).
+  c.loss.margin = dict(margin=0.2, beta=1.2, beta_lr=5e-4, cutoff=0.5, nonzero_loss_cutoff=0.0)
   c.loss.multisimilarity = dict(pos_weight=2.0, neg_weight=40.0, margin=0.1, threshold=0.5)
   c.loss.proxyanchor = dict(alpha=32.0, margin=0.1, lr_multiplier=100.0)
   c.loss.triplet = dict(margin=0.2)

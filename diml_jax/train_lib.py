@@ -54,7 +54,7 @@ def make_loss(config: ml_collections.ConfigDict, mesh: Mesh | None) -> LossFn:
   def loss(loss_params, global_, local, labels, key):
     if c.name == "margin":
       kw = dict(margin=c.margin.margin, cutoff=c.margin.cutoff,
-                nonzero_loss_cutoff=c.margin.nonzero_loss_cutoff)
+                nonzero_loss_cutoff=c.margin.nonzero_loss_cutoff or None)
       if c.diml:
         return losses.margin_diml(
             local, labels, loss_params["beta"], key, global_features=global_, **kw, **diml)

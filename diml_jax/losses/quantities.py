@@ -1,0 +1,255 @@
+"""The matrices metric losses are computed on: global cosine / distance, or DIML's quantities.
+
+Global: :func:`cosine_similarity` and :func:`euclidean_distance` of L2-normalised
+embeddings. Structural (MISSION.md step 5): :func:`structural_matrix` gives one DIML
+quantity for all pairs of the batch (``[b, b]``, or ``[b, m]`` against other part sets such
+as spatial proxies), :func:`structural_partners` only for picked pairs (``[b, k]``, each
+anchor against its own ``k`` partners), both through :mod:`diml_jax.matching`.
+
+**Sharded.** With ``mesh`` and ``axis_name`` the batch is split along ``axis_name``: each
+device matches its own rows against the all-gathered batch (``jax.shard_map`` with
+``jax.lax.all_gather``), so the ``O(b²)`` matching work is divided among the devices and
+the result (and its gradient, whose all-gather transposes to a reduce-scatter) equals the
+single-device one: :mod:`diml_jax.matching` solves each pair to the same result whichever
+block or device holds it. Call these inside the jitted training step; the matrix comes
+back sharded by rows and the losses of :mod:`diml_jax.losses` run on it unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from diml_jax import matching
+
+__all__ = [
+    "cosine_similarity",
+    "euclidean_distance",
+    "structural_matrix",
+    "structural_partners",
+]
+
+Quantity = Literal["structural", "similarity", "distance"]
+
+# Under the square root of distances, as matching's DIML distance, so identical
+# embeddings have a finite gradient.
+_DISTANCE_FLOOR = 1e-8
+
+
+def _check_embeddings(name: str, x) -> jax.Array:
+  x = jnp.asarray(x)
+  if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(f"{name} must be float embeddings [b, d]; got {x.dtype}{list(x.shape)}.")
+  return x
+
+
+def _replicated(x: jax.Array) -> jax.Array:
+  """``x`` made whole on every device if its type carries an explicit sharding.
+
+  Under a mesh with ``AxisType.Explicit`` axes (``jax.make_mesh``'s default) a batch
+  sharded by rows must be gathered before ``x @ x.T``, whose result could otherwise be
+  sharded along both dimensions; elsewhere (automatic sharding, one device) a no-op.
+  """
+  sharding = jax.typeof(x).sharding
+  if not isinstance(sharding, NamedSharding) or all(a is None for a in sharding.spec):
+    return x
+  return jax.sharding.reshard(x, NamedSharding(sharding.mesh, P()))
+
+
+def cosine_similarity(x: jax.Array, y: jax.Array | None = None) -> jax.Array:
+  """Cosine similarities of embeddings ``x [b, d]`` and ``y [m, d]`` (default ``x``) -> ``[b, m]``.
+
+  With the batch sharded by rows the result is too (``y`` is gathered first under an
+  explicit-sharding mesh).
+  """
+  x = matching.normalize(_check_embeddings("x", x))
+  y = _replicated(x if y is None else matching.normalize(_check_embeddings("y", y)))
+  if y.shape[1] != x.shape[1]:
+    raise ValueError(f"x [b, d] and y [m, d] need the same d; got {x.shape} and {y.shape}.")
+  return x @ y.T
+
+
+def euclidean_distance(x: jax.Array, y: jax.Array | None = None) -> jax.Array:
+  """Euclidean distances of the L2-normalised ``x [b, d]`` and ``y [m, d]`` -> ``[b, m]``.
+
+  ``sqrt(2 - 2 cos + 1e-8)``: the distance between unit vectors, with a floor that keeps
+  the gradient finite for identical embeddings (as ``matching.diml_distance``'s global
+  term).
+  """
+  cos = cosine_similarity(x, y)
+  return jnp.sqrt(jnp.maximum(2.0 - 2.0 * cos, 0.0) + _DISTANCE_FLOOR)
+
+
+def _check_locals(name: str, x) -> jax.Array:
+  x = jnp.asarray(x)
+  if x.ndim != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(
+        f"{name} must be float local features [b, r, c]; got {x.dtype}{list(x.shape)}."
+    )
+  return x
+
+
+def _globals(name: str, g, x: jax.Array) -> jax.Array:
+  """The global vectors; by default the mean of the unnormalised local features.
+
+  That is the published DIML losses' choice (``feature_map.mean([2, 3])``), and the
+  miners' embedding; :func:`matching.pairwise` would average the normalised ones.
+  """
+  if g is None:
+    return x.mean(1)
+  g = jnp.asarray(g)
+  if g.shape != (x.shape[0], x.shape[2]):
+    raise ValueError(
+        f"{name} must be global vectors [{x.shape[0]}, {x.shape[2]}] for local features "
+        f"{list(x.shape)}; got {list(g.shape)}."
+    )
+  return g
+
+
+def _devices(mesh: Mesh | None, axis_name, b: int) -> int:
+  """Number of shards along ``axis_name`` (1 without a mesh); checks that ``b`` divides."""
+  if mesh is None:
+    return 1
+  if not isinstance(mesh, Mesh):
+    raise ValueError(f"mesh must be a jax.sharding.Mesh or None; got {type(mesh).__name__}.")
+  names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+  missing = [a for a in names if a not in mesh.axis_names]
+  if missing:
+    raise ValueError(
+        f"axis_name {axis_name!r} must name axes of the mesh {mesh.axis_names}; "
+        f"{missing} are not."
+    )
+  n = math.prod(mesh.shape[a] for a in names)
+  if b % n:
+    raise ValueError(
+        f"the batch (b={b}) must divide evenly over the {n} devices of mesh axis "
+        f"{axis_name!r}."
+    )
+  return n
+
+
+def _shard_map(fn, mesh, in_specs, out_specs):
+  # check_vma=False: OTT's Sinkhorn has a lax.cond whose branches differ in their
+  # varying-manual-axes types under shard_map, which the checker rejects. Gradients are
+  # unaffected (tests/test_losses_sharded.py compares them with a single device).
+  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+
+def structural_matrix(
+    x: jax.Array,
+    g: jax.Array | None = None,
+    y: jax.Array | None = None,
+    gy: jax.Array | None = None,
+    *,
+    quantity: Quantity = "similarity",
+    marginals: Literal["cross", "uniform"] = "cross",
+    mesh: Mesh | None = None,
+    axis_name: str | tuple[str, ...] = "data",
+    **options,
+) -> jax.Array:
+  """One DIML quantity for every pair of the batch, or of the batch and other part sets.
+
+  Args:
+    x: local features of the batch, ``[b, r, c]``.
+    g: global vectors ``[b, c]``; by default the mean of the (unnormalised) local
+      features, as the published DIML losses.
+    y: local features ``[m, r2, c]`` to compare against (e.g. spatial proxies); by
+      default the batch itself.
+    gy: global vectors of ``y``, ``[m, c]``; by default the mean of its local features.
+    quantity: ``"similarity"`` (``(sum T⊙S + <g_a, g_b>) / 2``, the multi-similarity
+      loss's), ``"distance"`` (``(sum T⊙D + ||g_a - g_b||) / 2``, the margin loss's) or
+      ``"structural"`` (``sum T⊙S``); see :func:`matching.pairwise`.
+    marginals: ``"cross"`` (default) or ``"uniform"``.
+    mesh: a device mesh to split the rows over, or ``None`` for no explicit sharding.
+    axis_name: the mesh axis (or axes) the batch is split along.
+    **options: Sinkhorn options of :func:`matching.match`.
+
+  Returns:
+    ``[b, m]`` (``m = b`` by default); with a mesh, sharded by rows along ``axis_name``.
+    Without a given ``y`` the diagonal holds each image against itself.
+
+  Raises:
+    ValueError: shapes that do not fit, or a batch that does not divide over the mesh.
+  """
+  x = _check_locals("x", x)
+  g = _globals("g", g, x)
+  n = _devices(mesh, axis_name, x.shape[0])
+  own = y is None
+  if not own:
+    y = _check_locals("y", y)
+    gy = _globals("gy", gy, y)
+
+  def rows(xl, gl, *other):
+    if own:  # every device needs the whole batch as columns
+      yb = jax.lax.all_gather(xl, axis_name, tiled=True) if n > 1 else xl
+      gb = jax.lax.all_gather(gl, axis_name, tiled=True) if n > 1 else gl
+    else:
+      yb, gb = other
+    return matching.pairwise(xl, yb, gl, gb, quantity=quantity, marginals=marginals, **options)
+
+  args = (x, g) if own else (x, g, y, gy)
+  if mesh is None:
+    return rows(*args)
+  specs = (P(axis_name), P(axis_name)) + (() if own else (P(), P()))
+  return _shard_map(rows, mesh, specs, P(axis_name, None))(*args)
+
+
+def structural_partners(
+    x: jax.Array,
+    partners: jax.Array,
+    g: jax.Array | None = None,
+    *,
+    quantity: Quantity = "distance",
+    marginals: Literal["cross", "uniform"] = "cross",
+    mesh: Mesh | None = None,
+    axis_name: str | tuple[str, ...] = "data",
+    **options,
+) -> jax.Array:
+  """One DIML quantity between each image and ``k`` partners picked from the batch.
+
+  All ``b * k`` pairs are matched in one batched call (:func:`matching.rerank`): the
+  margin loss with DIML needs the distance of only the ``2 b`` (anchor, positive) and
+  (anchor, negative) pairs its miner picked, not the ``b²`` of the whole batch.
+
+  Args:
+    x: local features of the batch, ``[b, r, c]``.
+    partners: indices into the (global) batch, ``[b, k]`` int.
+    g: global vectors ``[b, c]``; by default the mean of the unnormalised local features.
+    quantity: ``"distance"`` (default), ``"similarity"`` or ``"structural"``.
+    marginals: ``"cross"`` or ``"uniform"``.
+    mesh: a device mesh to split the anchors over, or ``None``.
+    axis_name: the mesh axis (or axes) the batch is split along.
+    **options: Sinkhorn options of :func:`matching.match`.
+
+  Returns:
+    ``[b, k]``: entry ``[i, j]`` is the quantity between image ``i`` and image
+    ``partners[i, j]``; with a mesh, sharded by rows.
+
+  Raises:
+    ValueError: shapes that do not fit, or a batch that does not divide over the mesh.
+  """
+  x = _check_locals("x", x)
+  g = _globals("g", g, x)
+  partners = jnp.asarray(partners)
+  if (partners.ndim != 2 or partners.shape[0] != x.shape[0]
+      or not jnp.issubdtype(partners.dtype, jnp.integer)):
+    raise ValueError(
+        f"partners must be int indices [{x.shape[0]}, k]; got "
+        f"{partners.dtype}{list(partners.shape)}."
+    )
+  n = _devices(mesh, axis_name, x.shape[0])
+
+  def rows(xl, gl, pl):
+    xa = jax.lax.all_gather(xl, axis_name, tiled=True) if n > 1 else xl
+    ga = jax.lax.all_gather(gl, axis_name, tiled=True) if n > 1 else gl
+    return matching.rerank(
+        xl, xa[pl], gl, ga[pl], quantity=quantity, marginals=marginals, **options
+    )
+
+  if mesh is None:
+    return rows(x, g, partners)
+  spec = P(axis_name)
+  return _shard_map(rows, mesh, (spec, spec, spec), P(axis_name, None))(x, g, partners)

@@ -1,0 +1,110 @@
+"""Losses with the batch sharded over 8 CPU devices equal the single-device losses.
+
+tests/conftest.py gives the process 8 CPU devices. The same jitted program runs once with
+the batch on one device (``mesh=None``) and once split over a ``("data",)`` mesh, where each
+device matches its rows against the all-gathered batch; values and gradients must agree
+to 1e-5, and the compiled per-device program must hold 1/8 of the matching problems.
+"""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from diml_jax import losses
+
+B, R, C, R_PROXY = 16, 4, 8, 3
+N_DEVICES = 8
+LABELS = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 5, 6, 7, 7])  # class 6: one image
+
+
+def all_losses(x, beta, proxies, proxy_parts, mesh):
+  """Every loss, global and DIML, as one vector ``[n]`` (mesh=None: no sharding)."""
+  labels = jnp.asarray(LABELS)
+  key = jax.random.key(0)
+  shard = dict(mesh=mesh, axis_name="data")
+  g = x.mean(1)
+  distance = losses.structural_matrix(x, quantity="distance", **shard)
+  values = [
+      losses.margin_diml(x, labels, beta, key, **shard),
+      losses.margin_global(g, labels, beta, key),
+      losses.multi_similarity_diml(x, labels, **shard),
+      losses.multi_similarity_loss(losses.cosine_similarity(g), labels),
+      losses.triplet_loss(distance, labels),
+      losses.contrastive_loss(distance, labels, neg_margin=1.2),
+      losses.proxy_anchor_loss(losses.proxy_similarity(g, proxies), labels),
+      losses.proxy_anchor_loss(losses.structural_matrix(
+          x, y=proxy_parts, quantity="similarity", **shard), labels),
+  ]
+  return jnp.stack([v.loss for v in values])
+
+
+def values_and_jacobians(mesh):
+  f = lambda *args: all_losses(*args, mesh=mesh)
+  return lambda *args: (f(*args), jax.jacrev(f, argnums=(0, 1, 2, 3))(*args))
+
+
+@pytest.fixture(scope="module")
+def runs():
+  """(outputs, compiled HLO text) for one device and for 8-device meshes of both axis types.
+
+  ``Explicit`` (``jax.make_mesh``'s default: shardings are part of the array types) and
+  ``Auto`` (the compiler propagates shardings from the inputs').
+  """
+  cpus = jax.devices("cpu")  # CPU devices whatever the default backend, for one backend
+  assert len(cpus) == N_DEVICES
+  rng = np.random.default_rng(0)
+  proto = rng.normal(size=(B // 2, R, C))
+  x = (proto[LABELS] + 0.8 * rng.normal(size=(B, R, C)) + rng.normal(size=C)).astype(np.float32)
+  args = [jnp.asarray(x), jnp.linspace(1.0, 1.3, B // 2),
+          jnp.asarray(rng.normal(size=(B // 2, C)), jnp.float32),
+          jnp.asarray(rng.normal(size=(B // 2, R_PROXY, C)), jnp.float32)]
+  meshes = {"single": None}
+  for kind in (AxisType.Explicit, AxisType.Auto):
+    meshes[kind.name.lower()] = jax.make_mesh(
+        (N_DEVICES,), ("data",), axis_types=(kind,), devices=cpus)
+  result = {}
+  for name, m in meshes.items():
+    run_args = [jax.device_put(a, cpus[0]) for a in args]
+    if m is not None:  # the batch split by rows; parameters replicated
+      run_args[0] = jax.device_put(args[0], NamedSharding(m, P("data")))
+      run_args[1:] = [jax.device_put(a, NamedSharding(m, P())) for a in args[1:]]
+    compiled = jax.jit(values_and_jacobians(m)).lower(*run_args).compile()
+    result[name] = (jax.tree.map(np.asarray, compiled(*run_args)), compiled.as_text())
+  return result
+
+
+@pytest.mark.parametrize("mesh", ["explicit", "auto"])
+def test_sharded_losses_and_gradients_equal_single_device(runs, mesh):
+  (single_values, single_jac), _ = runs["single"]
+  (sharded_values, sharded_jac), _ = runs[mesh]
+  assert np.all(single_values > 0)
+  np.testing.assert_allclose(sharded_values, single_values, rtol=1e-5, atol=1e-5)
+  for name, a, b in zip(["x", "beta", "proxies", "proxy parts"], sharded_jac, single_jac):
+    assert np.abs(b).max() > 1e-3, name
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def _shapes(hlo: str, r1: int, r2: int) -> set[tuple[int, int]]:
+  """Leading dims of the f32[q, k, r1, r2] tensors: the tiles of matching problems."""
+  return {(int(q), int(k)) for q, k in re.findall(rf"f32\[(\d+),(\d+),{r1},{r2}\]", hlo)}
+
+
+@pytest.mark.parametrize("mesh", ["explicit", "auto"])
+def test_each_device_solves_an_eighth_of_the_matching_problems(runs, mesh):
+  """Tiles of part similarities (one r x r problem each) in the compiled programs.
+
+  One device: the batch against itself (16 x 16), against its 2 picked partners (16 x 2)
+  and against the 8 part proxies (16 x 8). Per device on the mesh: its 2 rows only.
+  """
+  single, sharded = runs["single"][1], runs[mesh][1]
+  rows = B // N_DEVICES
+  assert {(B, B), (B, 2)} <= _shapes(single, R, R)
+  assert (B, B // 2) in _shapes(single, R, R_PROXY)
+  assert {(rows, B), (rows, 2)} <= _shapes(sharded, R, R)
+  assert (rows, B // 2) in _shapes(sharded, R, R_PROXY)
+  full = {(B, B), (B, 2), (B, B // 2)}
+  assert not full & (_shapes(sharded, R, R) | _shapes(sharded, R, R_PROXY))
+  assert "all-gather" in sharded and "all-gather" not in single
