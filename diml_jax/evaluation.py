@@ -80,8 +80,8 @@ def evaluate(
     with_nmi: bool = True,
     kmeans_iterations: int = 20,
     seed: int = 0,
-    chunk_size: int = 512,
-    rerank_chunk_size: int = 256,
+    chunk_per_device: int | None = None,
+    rerank_chunk_per_device: int | None = None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = True,
     **sinkhorn_options,
@@ -114,8 +114,10 @@ def evaluate(
     with_nmi: compute NMI (k-means is the slowest step on a CPU for many classes).
     kmeans_iterations: Lloyd iterations of k-means.
     seed: seed of the k-means++ seeding.
-    chunk_size: queries per step of the global ranking.
-    rerank_chunk_size: queries per step of the structural re-ranking.
+    chunk_per_device: queries per device and step of the global ranking (default
+      by backend, see :func:`retrieval.global_neighbours`).
+    rerank_chunk_per_device: likewise for the structural re-ranking
+      (:func:`retrieval.rerank_scores`).
     devices: devices to split each chunk over; default all local devices.
     progress: show progress bars.
     **sinkhorn_options: options of :func:`diml_jax.matching.match` for re-ranking.
@@ -142,7 +144,7 @@ def evaluate(
 
   t = time.perf_counter()
   neighbours = retrieval.global_neighbours(
-      g, g, k=max(depth, kmax), self_index=np.arange(n), chunk_size=chunk_size,
+      g, g, k=max(depth, kmax), self_index=np.arange(n), chunk_per_device=chunk_per_device,
       devices=devices, progress=progress,
   )
   seconds["global_ranking"] = time.perf_counter() - t
@@ -150,7 +152,7 @@ def evaluate(
   t = time.perf_counter()
   scores = retrieval.rerank_scores(
       x, g, x, g, neighbours.indices[:, :kmax], marginals=marginals,
-      chunk_size=rerank_chunk_size, devices=devices, progress=progress,
+      chunk_per_device=rerank_chunk_per_device, devices=devices, progress=progress,
       **sinkhorn_options,
   )
   seconds["structural_reranking"] = time.perf_counter() - t

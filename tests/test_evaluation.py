@@ -59,7 +59,7 @@ def _tied_split(seed, n=90, d=16, classes=25):
 def test_global_metrics_equal_brute_force_with_ties_and_single_images(include_query_in_r):
   emb = _tied_split(0)
   res = evaluation.evaluate(emb, ks=(0,), include_query_in_r=include_query_in_r,
-                            with_nmi=False, progress=False, chunk_size=32)
+                            with_nmi=False, progress=False, chunk_per_device=4)
   ref = brute_evaluate(emb.global_, emb.labels, include_query_in_r=include_query_in_r)
   assert_metrics_equal(res["metrics"]["0"], ref)
 
@@ -74,7 +74,7 @@ def test_reranked_metrics_equal_brute_force():
   g = (x.mean(1) + rng.normal(size=(n, c))).astype(np.float32)
   gn = g / np.linalg.norm(g, axis=1, keepdims=True)
   res = evaluation.evaluate(evaluation.Embeddings(g, x, labels), ks=(0, 6, 60),
-                            with_nmi=False, progress=False, rerank_chunk_size=16)
+                            with_nmi=False, progress=False, rerank_chunk_per_device=2)
 
   def reorder(k):
     def fn(i, ranked):

@@ -45,7 +45,7 @@ def test_global_neighbours_equal_dense_ranking_with_ties():
   rng = np.random.default_rng(0)
   x = tied_vectors(rng, 203)
   ref, s = brute_ranking(x, x, self_index=np.arange(203))
-  out = retrieval.global_neighbours(x, x, k=40, self_index=np.arange(203), chunk_size=64)
+  out = retrieval.global_neighbours(x, x, k=40, self_index=np.arange(203), chunk_per_device=8)
   np.testing.assert_array_equal(out.indices, ref[:, :40])
   np.testing.assert_allclose(out.similarities, np.take_along_axis(s, ref[:, :40], 1), atol=1e-6)
   assert (out.indices != np.arange(203)[:, None]).all()
@@ -55,10 +55,10 @@ def test_global_neighbours_separate_queries_gaussian():
   rng = np.random.default_rng(1)
   queries, gallery = rng.normal(size=(37, 24)), rng.normal(size=(500, 24))
   ref, _ = brute_ranking(queries, gallery)
-  out = retrieval.global_neighbours(queries, gallery, k=500, chunk_size=16)
+  out = retrieval.global_neighbours(queries, gallery, k=500, chunk_per_device=2)
   np.testing.assert_array_equal(out.indices, ref)
   # One device and one chunk give the same lists.
-  one = retrieval.global_neighbours(queries, gallery, k=500, chunk_size=1000,
+  one = retrieval.global_neighbours(queries, gallery, k=500, chunk_per_device=1000,
                                     devices=jax.devices()[:1])
   np.testing.assert_array_equal(one.indices, out.indices)
 
@@ -86,7 +86,7 @@ def test_rerank_scores_equal_per_pair_matching():
   rng = np.random.default_rng(3)
   x, g, _ = _features(rng, 61)
   candidates = rng.integers(0, 61, size=(61, 6))
-  scores = retrieval.rerank_scores(x, g, x, g, candidates, chunk_size=16)
+  scores = retrieval.rerank_scores(x, g, x, g, candidates, chunk_per_device=2)
   m = matching.match(x[:, None], x[candidates], g[:, None], g[candidates])
   gn = g / np.linalg.norm(g, axis=1, keepdims=True)
   expected = (np.asarray(m.similarity) + np.einsum("qc,qkc->qk", gn, gn[candidates])) / 2
@@ -99,8 +99,8 @@ def test_multiscale_reranking_equals_brute_force_sort():
   rng = np.random.default_rng(4)
   n, kmax = 45, 12
   x, g, _ = _features(rng, n)
-  neighbours = retrieval.global_neighbours(g, g, k=n - 1, self_index=np.arange(n), chunk_size=16)
-  scores = retrieval.rerank_scores(x, g, x, g, neighbours.indices[:, :kmax], chunk_size=16)
+  neighbours = retrieval.global_neighbours(g, g, k=n - 1, self_index=np.arange(n), chunk_per_device=2)
+  scores = retrieval.rerank_scores(x, g, x, g, neighbours.indices[:, :kmax], chunk_per_device=2)
   gn = g / np.linalg.norm(g, axis=1, keepdims=True)
   for k in (0, 1, 5, kmax):
     order = retrieval.multiscale_order(neighbours.indices, scores, k=k)
