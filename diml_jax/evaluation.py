@@ -164,6 +164,8 @@ def evaluate(
     hits = labels[order[:, :depth]] == labels[:, None]
     if depth < relevant.max():  # R = n: the original code finds the query itself last
       hits = np.concatenate([hits, np.ones((n, 1), bool)], axis=1)
+    # A cut-off beyond the gallery sees the whole list: the positions past it are empty.
+    hits = np.pad(hits, ((0, 0), (0, max(0, max(recall_ks) - hits.shape[1]))))
     results[str(k)] = metrics.retrieval_metrics(
         hits, relevant, recall_ks=recall_ks, include_query_in_r=include_query_in_r
     )

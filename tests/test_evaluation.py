@@ -90,6 +90,18 @@ def test_reranked_metrics_equal_brute_force():
   assert res["metrics"]["6"] != res["metrics"]["0"]
 
 
+def test_gallery_smaller_than_the_cut_offs():
+  # Items 0, 1 share a class, item 2 is alone (left out): Recall@8 reads the whole list.
+  g = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]], np.float32)
+  emb = evaluation.Embeddings(g, g[:, None, :], np.array([0, 0, 1]))
+  res = evaluation.evaluate(emb, ks=(0, 5), with_nmi=False, progress=False)
+  for k in ("0", "5"):
+    assert res["metrics"][k]["queries"] == 2
+    assert res["metrics"][k]["recall@8"] == 1.0
+    assert res["metrics"][k]["recall@1"] == 0.0  # item 2 is nearer to both
+  assert res["metrics"]["0"]["r_precision"] == 0.0
+
+
 def test_results_files_table_and_cache(tmp_path):
   emb = _tied_split(1, n=60)
   path = tmp_path / "emb.npz"
