@@ -134,7 +134,7 @@ def evaluate(
     raise ValueError(f"ks must be non-empty and >= 0; got {ks}.")
   if not recall_ks or min(recall_ks) < 1:
     raise ValueError(f"recall_ks must be non-empty and >= 1; got {recall_ks}.")
-  n = x.shape[0]
+  n, classes = x.shape[0], len(np.unique(labels))
   relevant = metrics.num_relevant(labels, include_query_in_r=include_query_in_r)
   # Ranked positions the metrics read, and those re-ranking needs; the query is never
   # retrieved, so at most n - 1 of either.
@@ -174,9 +174,9 @@ def evaluate(
   nmi = None
   if with_nmi:
     t = time.perf_counter()
+    unit = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
     clusters = metrics.kmeans(
-        g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12), len(np.unique(labels)), key=jax.random.key(seed),
-        iterations=kmeans_iterations,
+        unit, classes, key=jax.random.key(seed), iterations=kmeans_iterations
     )
     nmi = metrics.nmi(labels, np.asarray(clusters.assignments))
     seconds["nmi"] = time.perf_counter() - t
@@ -185,7 +185,7 @@ def evaluate(
       "metrics": results,
       "nmi": nmi,
       "items": n,
-      "classes": int(len(np.unique(labels))),
+      "classes": classes,
       "seconds": seconds,
       "settings": {
           "ks": ks, "recall_ks": list(recall_ks), "include_query_in_r": include_query_in_r,

@@ -229,7 +229,11 @@ def global_neighbours(
     self_index = np.full(q, -1, np.int32)
   self_index = np.asarray(self_index)
   if self_index.shape != (q,) or not np.issubdtype(self_index.dtype, np.integer):
-    raise ValueError(f"self_index must be int [q={q}]; got {self_index.dtype} {self_index.shape}.")
+    raise ValueError(
+        f"self_index must be int [q={q}]; got {self_index.dtype} {self_index.shape}."
+    )
+  if self_index.size and not -1 <= self_index.min() <= self_index.max() < n:
+    raise ValueError(f"self_index must hold gallery indices in [0, {n}) or -1.")
   available = n - int(np.any(self_index >= 0))
   if not 1 <= k <= available:
     raise ValueError(
@@ -338,7 +342,9 @@ def rerank_scores(
     )
   if (candidates.ndim != 2 or candidates.shape[0] != q
       or not np.issubdtype(candidates.dtype, np.integer)):
-    raise ValueError(f"candidates must be int [q={q}, k]; got {candidates.dtype} {candidates.shape}.")
+    raise ValueError(
+        f"candidates must be int [q={q}, k]; got {candidates.dtype} {candidates.shape}."
+    )
   if candidates.size and not 0 <= candidates.min() <= candidates.max() < n:
     raise ValueError(f"candidates must be gallery indices in [0, {n}).")
   if candidates.shape[1] == 0:

@@ -155,7 +155,7 @@ def test_kmeans_seeding_is_deterministic_and_spreads():
   a = metrics.kmeans(x, 10, key=jax.random.key(4), iterations=0)
   b = metrics.kmeans(x, 10, key=jax.random.key(4), iterations=0)
   np.testing.assert_array_equal(a.centroids, b.centroids)
-  # k-means++ picks data points, never the same one twice (a picked point has weight 0).
+  # k-means++ picks data points, never the same one twice (a picked point weighs ~0).
   picked = [int(np.flatnonzero((x == c).all(1))[0]) for c in np.asarray(a.centroids)]
   assert len(set(picked)) == 10
 

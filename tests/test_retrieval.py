@@ -69,6 +69,8 @@ def test_global_neighbours_can_return_the_whole_gallery_but_not_more():
   assert sorted(out.indices[5]) == [j for j in range(30) if j != 5]
   with pytest.raises(ValueError, match=r"k must be in \[1, 29\]"):
     retrieval.global_neighbours(x, x, k=30, self_index=np.arange(30))
+  with pytest.raises(ValueError, match="self_index must hold"):
+    retrieval.global_neighbours(x, x, k=3, self_index=np.full(30, 30))
   with pytest.raises(ValueError, match="same d"):
     retrieval.global_neighbours(x, x[:, :8], k=3)
 
@@ -99,7 +101,8 @@ def test_multiscale_reranking_equals_brute_force_sort():
   rng = np.random.default_rng(4)
   n, kmax = 45, 12
   x, g, _ = _features(rng, n)
-  neighbours = retrieval.global_neighbours(g, g, k=n - 1, self_index=np.arange(n), chunk_per_device=2)
+  neighbours = retrieval.global_neighbours(
+      g, g, k=n - 1, self_index=np.arange(n), chunk_per_device=2)
   scores = retrieval.rerank_scores(x, g, x, g, neighbours.indices[:, :kmax], chunk_per_device=2)
   gn = g / np.linalg.norm(g, axis=1, keepdims=True)
   for k in (0, 1, 5, kmax):
