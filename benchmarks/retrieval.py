@@ -4,8 +4,8 @@ A synthetic gallery the size of Stanford Online Products' test split (60,502 ite
 classes of 2-12 images, about 5.35 on average as in SOP), each item a 4x4 map of 128-d
 local vectors: its class's prototype parts in a random order (parts moved between
 images, DIML's use case) plus noise, and a global vector, the mean of its parts plus
-noise. The global vectors alone find the class about half the time at rank 1; the
-structural term recovers much of the rest.
+noise. The global vectors alone find the class at rank 1 for ~43% of queries; the
+structural term (top 100 re-ranked) raises that to ~84%.
 
 1. ours: :func:`diml_jax.evaluation.evaluate` with re-ranking depths 0, 5, 10, 50, 100
    (structural scores computed once for the top 100 of every query), all metrics,
