@@ -1,0 +1,252 @@
+"""Evaluation of embeddings: multi-scale retrieval metrics, NMI, result files, cache.
+
+The test split's embeddings (global vectors, local feature maps, labels) are the only
+input, so a model is embedded once and every re-ranking setting is evaluated from the
+cache (:func:`save_embeddings`, :func:`load_embeddings`). Each item is a query against
+all the others (the query set is the gallery, the query excluded from its own list).
+
+  results = evaluate(Embeddings(global_=g, local=x, labels=y), ks=(0, 10, 100))
+  print(format_table(results)); write_results(results, workdir)
+
+References:
+  Zhao, Rao, Wang, Lu, Zhou. Towards Interpretable Deep Metric Learning with Structural
+  Matching. ICCV 2021, Sec. 3.4 (multi-scale matching) and Sec. 4.
+  Musgrave, Belongie, Lim. A Metric Learning Reality Check. ECCV 2020.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import numpy as np
+
+from diml_jax import metrics, retrieval
+
+__all__ = [
+    "DEFAULT_KS",
+    "Embeddings",
+    "evaluate",
+    "format_table",
+    "write_results",
+    "save_embeddings",
+    "load_embeddings",
+]
+
+# Re-ranking depths of the papers; 0 is the global ranking alone.
+DEFAULT_KS = (0, 5, 10, 50, 100, 500, 1000)
+
+
+class Embeddings(NamedTuple):
+  """A split's embeddings.
+
+  Attributes:
+    global_: global vectors ``[n, c]`` (the model's pooled embedding).
+    local: local feature vectors ``[n, r, c]`` (the ``h * w`` cells of the map).
+    labels: class labels ``[n]`` int.
+  """
+
+  global_: np.ndarray
+  local: np.ndarray
+  labels: np.ndarray
+
+
+def _check(embeddings: Embeddings) -> Embeddings:
+  g, x, y = (np.asarray(a) for a in embeddings)
+  if x.ndim != 3 or g.shape != (x.shape[0], x.shape[2]) or y.shape != x.shape[:1]:
+    raise ValueError(
+        f"Embeddings need global_ [n, c], local [n, r, c] and labels [n]; got "
+        f"{g.shape}, {x.shape} and {y.shape}."
+    )
+  if not (np.issubdtype(g.dtype, np.floating) and np.issubdtype(x.dtype, np.floating)):
+    raise ValueError(f"global_ and local must be floating point; got {g.dtype}, {x.dtype}.")
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"labels must be integers; got {y.dtype}.")
+  if x.shape[0] < 2:
+    raise ValueError(f"need at least 2 items to evaluate; got {x.shape[0]}.")
+  return Embeddings(g, x, y)
+
+
+def evaluate(
+    embeddings: Embeddings,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    recall_ks: Sequence[int] = (1, 2, 4, 8),
+    include_query_in_r: bool = False,
+    marginals: str = "cross",
+    with_nmi: bool = True,
+    kmeans_iterations: int = 20,
+    seed: int = 0,
+    chunk_per_device: int | None = None,
+    rerank_chunk_per_device: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    progress: bool = True,
+    **sinkhorn_options,
+) -> dict[str, Any]:
+  """Multi-scale retrieval metrics of a split, each item a query against the others.
+
+  1. Global ranking: the nearest items by cosine of the global vectors, as many as the
+     metrics and the largest re-ranking depth need (:func:`retrieval.global_neighbours`).
+  2. Structural scores ``(structural + global) / 2`` of each query with its first
+     ``max(ks)`` neighbours, computed once (:func:`retrieval.rerank_scores`).
+  3. For each ``K`` in ``ks``: the first ``K`` re-sorted by that score, the rest in
+     global order (:func:`retrieval.multiscale_order`); Recall@k, R-Precision, MAP@R
+     (:func:`metrics.retrieval_metrics`). ``K = 0`` is the global ranking; a ``K``
+     beyond the gallery (``n - 1``) re-ranks the whole list.
+  4. NMI of k-means (k = number of classes, k-means++ seeded from ``seed``) on the
+     L2-normalised global vectors.
+
+  Metric conventions (README, Evaluation): the query is never in its own list; by
+  default ``R`` = class size - 1 and single-image classes are left out of the retrieval
+  averages; ``include_query_in_r=True`` is the original DIML code's ``R`` = class size,
+  averaged over all queries. Ties are broken by index (global ranking) and by global
+  rank (re-ranking).
+
+  Args:
+    embeddings: the split's :class:`Embeddings`.
+    ks: re-ranking depths ``K`` (0 = global only).
+    recall_ks: cut-offs of Recall@k.
+    include_query_in_r: the original DIML code's ``R`` (see above).
+    marginals: ``"cross"`` (default) or ``"uniform"`` for the structural matching.
+    with_nmi: compute NMI (k-means is the slowest step on a CPU for many classes).
+    kmeans_iterations: Lloyd iterations of k-means.
+    seed: seed of the k-means++ seeding.
+    chunk_per_device: queries per device and step of the global ranking (default
+      by backend, see :func:`retrieval.global_neighbours`).
+    rerank_chunk_per_device: likewise for the structural re-ranking
+      (:func:`retrieval.rerank_scores`).
+    devices: devices to split each chunk over; default all local devices.
+    progress: show progress bars.
+    **sinkhorn_options: options of :func:`diml_jax.matching.match` for re-ranking.
+
+  Returns:
+    A JSON-ready dict: ``"metrics"`` maps each ``K`` (as a string) to
+    ``{"recall@1": ..., "r_precision": ..., "map@r": ..., "queries": ...}`` (fractions in
+    [0, 1]); ``"nmi"`` (or ``None``); ``"items"``, ``"classes"``, ``"seconds"`` per
+    stage, and ``"settings"``.
+  """
+  g, x, labels = _check(embeddings)
+  ks = sorted({int(k) for k in ks})
+  if not ks or ks[0] < 0:
+    raise ValueError(f"ks must be non-empty and >= 0; got {ks}.")
+  if not recall_ks or min(recall_ks) < 1:
+    raise ValueError(f"recall_ks must be non-empty and >= 1; got {recall_ks}.")
+  n, classes = x.shape[0], len(np.unique(labels))
+  relevant = metrics.num_relevant(labels, include_query_in_r=include_query_in_r)
+  # Ranked positions the metrics read, and those re-ranking needs; the query is never
+  # retrieved, so at most n - 1 of either.
+  depth = min(max(max(recall_ks), int(relevant.max())), n - 1)
+  kmax = min(ks[-1], n - 1)
+  seconds = {}
+
+  t = time.perf_counter()
+  neighbours = retrieval.global_neighbours(
+      g, g, k=max(depth, kmax), self_index=np.arange(n), chunk_per_device=chunk_per_device,
+      devices=devices, progress=progress,
+  )
+  seconds["global_ranking"] = time.perf_counter() - t
+
+  t = time.perf_counter()
+  scores = retrieval.rerank_scores(
+      x, g, x, g, neighbours.indices[:, :kmax], marginals=marginals,
+      chunk_per_device=rerank_chunk_per_device, devices=devices, progress=progress,
+      **sinkhorn_options,
+  )
+  seconds["structural_reranking"] = time.perf_counter() - t
+
+  t = time.perf_counter()
+  results = {}
+  for k in ks:
+    order = retrieval.multiscale_order(neighbours.indices, scores, k=min(k, kmax))
+    hits = labels[order[:, :depth]] == labels[:, None]
+    if depth < relevant.max():  # R = n: the original code finds the query itself last
+      hits = np.concatenate([hits, np.ones((n, 1), bool)], axis=1)
+    # A cut-off beyond the gallery sees the whole list: the positions past it are empty.
+    hits = np.pad(hits, ((0, 0), (0, max(0, max(recall_ks) - hits.shape[1]))))
+    results[str(k)] = metrics.retrieval_metrics(
+        hits, relevant, recall_ks=recall_ks, include_query_in_r=include_query_in_r
+    )
+  seconds["metrics"] = time.perf_counter() - t
+
+  nmi = None
+  if with_nmi:
+    t = time.perf_counter()
+    unit = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    clusters = metrics.kmeans(
+        unit, classes, key=jax.random.key(seed), iterations=kmeans_iterations
+    )
+    nmi = metrics.nmi(labels, np.asarray(clusters.assignments))
+    seconds["nmi"] = time.perf_counter() - t
+
+  return {
+      "metrics": results,
+      "nmi": nmi,
+      "items": n,
+      "classes": classes,
+      "seconds": seconds,
+      "settings": {
+          "ks": ks, "recall_ks": list(recall_ks), "include_query_in_r": include_query_in_r,
+          "marginals": marginals, "with_nmi": with_nmi, "kmeans_iterations": kmeans_iterations,
+          "seed": seed, "sinkhorn_options": dict(sinkhorn_options),
+      },
+  }
+
+
+def _columns(results: dict[str, Any]) -> list[str]:
+  return list(next(iter(results["metrics"].values())))
+
+
+def format_table(results: dict[str, Any]) -> str:
+  """The metrics of :func:`evaluate` as a text table, one row per ``K``, in percent."""
+  cols = [c for c in _columns(results) if c != "queries"]
+  lines = ["K      " + " ".join(f"{c:>11}" for c in cols)]
+  for k, row in results["metrics"].items():
+    name = "global" if k == "0" else k
+    lines.append(f"{name:<6} " + " ".join(f"{100 * row[c]:>11.2f}" for c in cols))
+  tail = [f"queries {next(iter(results['metrics'].values()))['queries']} of "
+          f"{results['items']} items, {results['classes']} classes"]
+  if results["nmi"] is not None:
+    tail.append(f"NMI {100 * results['nmi']:.2f}")
+  return "\n".join(lines + ["; ".join(tail)])
+
+
+def write_results(results: dict[str, Any], workdir: str) -> tuple[str, str]:
+  """Writes ``retrieval_metrics.json`` (everything) and ``.csv`` (one row per ``K``).
+
+  Args:
+    results: the dict of :func:`evaluate`.
+    workdir: directory, created if missing.
+
+  Returns:
+    The paths of the JSON and the CSV file.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  json_path = os.path.join(workdir, "retrieval_metrics.json")
+  csv_path = os.path.join(workdir, "retrieval_metrics.csv")
+  with open(json_path, "w") as f:
+    json.dump(results, f, indent=2)
+  cols = _columns(results)
+  with open(csv_path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["K", *cols, "nmi"])
+    for k, row in results["metrics"].items():
+      w.writerow([k, *(row[c] for c in cols), "" if results["nmi"] is None else results["nmi"]])
+  return json_path, csv_path
+
+
+def save_embeddings(path: str, embeddings: Embeddings) -> None:
+  """Saves :class:`Embeddings` to an ``.npz`` file (uncompressed: fast to reload)."""
+  g, x, y = _check(embeddings)
+  np.savez(path, global_=g, local=x, labels=y)
+
+
+def load_embeddings(path: str) -> Embeddings:
+  """Loads :class:`Embeddings` saved by :func:`save_embeddings`."""
+  with np.load(path) as f:
+    missing = {"global_", "local", "labels"} - set(f.files)
+    if missing:
+      raise ValueError(f"{path} is not an embeddings cache: missing {sorted(missing)}.")
+    return _check(Embeddings(f["global_"], f["local"], f["labels"]))
