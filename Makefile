@@ -24,8 +24,11 @@ system-deps:
 	  || echo "note: could not install openclipart-png/chromium; the demo uses the synthetic set"; \
 	else echo "note: run 'sudo apt-get install openclipart-png chromium' for the demo set and the browser test"; fi
 
+# Trains DIML on the clip-art demo set (minutes on a CPU), then writes the retrieval
+# report and flow figures to runs/demo/eval/step_*/.
 demo: system-deps $(VENV)/.installed
-	$(PY) examples/match_two_maps.py
+	$(PY) train.py --config configs/demo.py --workdir runs/demo
+	$(PY) eval.py --config configs/demo.py --workdir runs/demo --explain
 
 test: system-deps $(VENV)/.installed
 	$(PY) -m pytest

@@ -87,10 +87,28 @@ def evaluate_embeddings(config: ml_collections.ConfigDict, embeddings: evaluatio
   )
 
 
-def evaluate_model(config, model, state: experiment.TrainState, dataset: data.Dataset,
-                   mesh: Mesh) -> dict[str, Any]:
-  """:func:`embed` then :func:`evaluate_embeddings`."""
-  return evaluate_embeddings(config, embed(config, model, model_variables(state), dataset, mesh))
+def evaluate_state(config, model, state: experiment.TrainState, dataset: data.Dataset,
+                   mesh: Mesh, out_dir: str) -> tuple[dict[str, Any], evaluation.Embeddings]:
+  """Embeds ``dataset`` (or reloads the embeddings cached in ``out_dir``) and evaluates.
+
+  Results go to ``out_dir`` as JSON and CSV. The cache is named after the grid and the
+  image size, which change the embeddings; re-ranking experiments with other ``ks`` or
+  Sinkhorn options reuse it.
+  """
+  cache = os.path.join(
+      out_dir, f"embeddings_grid{config.model.grid_size}_px{config.data.image_size}.npz")
+  if os.path.exists(cache):
+    logging.info("Embeddings from %s", cache)
+    embeddings = evaluation.load_embeddings(cache)
+  else:
+    embeddings = embed(config, model, model_variables(state), dataset, mesh)
+    if jax.process_index() == 0:
+      os.makedirs(out_dir, exist_ok=True)
+      evaluation.save_embeddings(cache, embeddings)
+  results = evaluate_embeddings(config, embeddings)
+  if jax.process_index() == 0:
+    evaluation.write_results(results, out_dir)
+  return results, embeddings
 
 
 def explain(config: ml_collections.ConfigDict, dataset: data.Dataset,
@@ -151,7 +169,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
 
   Args:
     config: the run's config (the model must be the one the checkpoint was saved from).
-    workdir: the training run's directory; results go to ``workdir/eval/step_N/``.
+    workdir: the training run's directory; results (and the embeddings, reused by a
+      later call) go to ``workdir/eval/step_N/``.
     checkpoint: a checkpoint step directory (``.../checkpoints/1200``); by default the
       best checkpoint of ``workdir``, else its latest.
     explain_results: also write the HTML report and flow figures (:func:`explain`).
@@ -170,18 +189,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
   template = experiment.state_template(config, model, train_set.num_classes, steps_per_epoch)
   state = experiment.restore(manager, template, mesh, step)
   out_dir = os.path.join(workdir, "eval", f"step_{step}")
-  cache = os.path.join(out_dir, "embeddings.npz")
-  if os.path.exists(cache):
-    logging.info("Embeddings from %s", cache)
-    embeddings = evaluation.load_embeddings(cache)
-  else:
-    embeddings = embed(config, model, model_variables(state), test_set, mesh)
-    if jax.process_index() == 0:
-      os.makedirs(out_dir, exist_ok=True)
-      evaluation.save_embeddings(cache, embeddings)
-  results = evaluate_embeddings(config, embeddings)
+  results, embeddings = evaluate_state(config, model, state, test_set, mesh, out_dir)
   if jax.process_index() == 0:
-    evaluation.write_results(results, out_dir)
     print(f"{test_set}, checkpoint {directory}/{step}\n{evaluation.format_table(results)}")
     if explain_results:
       print("report:", explain(config, test_set, embeddings, out_dir))

@@ -157,7 +157,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Args:
     config: see ``configs/common.py``.
     workdir: checkpoints (``checkpoints/``, ``best/``), logs (``metrics.jsonl``,
-      ``tensorboard/``), the resolved ``config.json`` and evaluation results (``eval/``).
+      ``tensorboard/``), the resolved ``config.json`` and evaluation results and
+      embeddings (``eval/step_N/``, which ``eval.py`` reuses).
 
   Returns:
     The last evaluation's results (:func:`diml_jax.evaluation.evaluate`).
@@ -243,8 +244,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         every = config.eval.every_epochs
         if every and (epoch_done % every == 0 or step + 1 == total_steps):
           _check_finite(pending, checkpoints)
-          results = eval_lib.evaluate_model(config, model, state, test_set, mesh)
-          r1 = _log_eval(results, log, step + 1, workdir, epoch_done)
+          results, _ = eval_lib.evaluate_state(
+              config, model, state, test_set, mesh,
+              os.path.join(workdir, "eval", f"step_{step + 1}"))
+          r1 = _log_eval(results, log, step + 1, epoch_done)
           if r1 > best_r1:
             best_r1 = r1
             best.save(step + 1, args=ocp.args.StandardSave(state), force=True)
@@ -287,7 +290,7 @@ def _best_recall(workdir: str) -> float:
     return json.load(f)["recall@1"]
 
 
-def _log_eval(results: dict, log: _Log, step: int, workdir: str, epoch: int) -> float:
+def _log_eval(results: dict, log: _Log, step: int, epoch: int) -> float:
   """Logs an evaluation; returns the R@1 that picks the best checkpoint (best K's)."""
   scalars = {}
   for k, row in results["metrics"].items():
@@ -299,6 +302,5 @@ def _log_eval(results: dict, log: _Log, step: int, workdir: str, epoch: int) -> 
     scalars["eval/nmi"] = results["nmi"]
   log.write(step, scalars)
   if jax.process_index() == 0:
-    evaluation.write_results(results, os.path.join(workdir, "eval", f"epoch_{epoch:04d}"))
     tqdm.tqdm.write(f"epoch {epoch}, step {step}\n{evaluation.format_table(results)}")
   return max(row["recall@1"] for row in results["metrics"].values())

@@ -184,7 +184,8 @@ def test_training_writes_logs_config_checkpoints_and_evaluation(tmp_path):
   results = train_lib.train_and_evaluate(config, str(tmp_path))
   assert set(results["metrics"]) == {"0", "10"}
   for name in ("config.json", "metrics.jsonl", "best.json",
-               "eval/epoch_0002/retrieval_metrics.json"):
+               "eval/step_6/retrieval_metrics.json",
+               "eval/step_6/embeddings_grid4_px48.npz"):
     assert (tmp_path / name).exists(), name
   assert any((tmp_path / "tensorboard").iterdir())
   lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
