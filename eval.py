@@ -6,11 +6,10 @@
 
 Any model trained with these configs works, including baselines trained without DIML.
 """
-import os
-
-import jax
 from absl import app, flags
 from ml_collections import config_flags
+
+from diml_jax import runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The config the model was trained with (configs/*.py).", lock_config=True)
@@ -25,14 +24,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Compiled programs are cached on disk, so a restarted (e.g. preempted) run does not
-  # compile them again. JAX_COMPILATION_CACHE_DIR overrides the place.
-  jax.config.update("jax_compilation_cache_dir", os.environ.get(
-      "JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/diml_jax/xla")))
+  runtime.start()
   from diml_jax import eval_lib
   eval_lib.run(_CONFIG.value, _WORKDIR.value, checkpoint=_CHECKPOINT.value,
                explain_results=_EXPLAIN.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=runtime.parse_flags)

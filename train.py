@@ -8,9 +8,10 @@ On a multi-host TPU or GPU slice, run the same command on every host with --dist
 """
 import os
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
+
+from diml_jax import runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True)
@@ -24,12 +25,7 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Compiled programs are cached on disk, so a restarted (e.g. preempted) run does not
-  # compile them again. JAX_COMPILATION_CACHE_DIR overrides the place.
-  jax.config.update("jax_compilation_cache_dir", os.environ.get(
-      "JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/diml_jax/xla")))
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+  runtime.start(distributed=_DISTRIBUTED.value)
   from diml_jax import train_lib  # after initialize(): it may use the backend
   train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value or default_workdir())
 
@@ -40,4 +36,4 @@ def default_workdir() -> str:
 
 
 if __name__ == "__main__":  # also keeps the data loader's spawned workers from re-running this
-  app.run(main)
+  app.run(main, flags_parser=runtime.parse_flags)

@@ -111,9 +111,10 @@ def evaluate_state(config, model, state: experiment.TrainState, dataset: data.Da
   return results, embeddings
 
 
-def explain(config: ml_collections.ConfigDict, dataset: data.Dataset,
-            embeddings: evaluation.Embeddings, out_dir: str, *, num_queries: int = 8,
-            top_k: int = 5, rerank_k: int = 100, num_figures: int = 4) -> str:
+def write_explanations(config: ml_collections.ConfigDict, dataset: data.Dataset,
+                       embeddings: evaluation.Embeddings, out_dir: str, *,
+                       num_queries: int = 8, top_k: int = 5, rerank_k: int = 100,
+                       num_figures: int = 4) -> str:
   """Writes an HTML retrieval report and flow figures (PNG and SVG) to ``out_dir``.
 
   For ``num_queries`` queries sampled with the config's seed: the top ``top_k`` by global
@@ -127,7 +128,7 @@ def explain(config: ml_collections.ConfigDict, dataset: data.Dataset,
   os.makedirs(out_dir, exist_ok=True)
   g, x, labels = embeddings
   if len(labels) != len(dataset):
-    raise ValueError("explain needs the embeddings of every image of the data set.")
+    raise ValueError("write_explanations needs the embeddings of every image of the data set.")
   rng = np.random.default_rng(config.seed)
   queries = np.sort(rng.choice(len(labels), min(num_queries, len(labels)), replace=False))
   depth = min(max(top_k, rerank_k), len(labels) - 1)
@@ -150,7 +151,8 @@ def explain(config: ml_collections.ConfigDict, dataset: data.Dataset,
   run = explain.RetrievalRun(
       queries=queries, global_neighbours=nearest.indices[:, :top_k],
       reranked_neighbours=reranked[:, :top_k], labels=labels, images=image,
-      match_pair=match_pair, embeddings=g, grids=(grid, grid))
+      match_pair=match_pair, embeddings=g, grids=(grid, grid),
+      class_names=dataset.class_names)
   path = explain.write_report(run, os.path.join(out_dir, "report.html"))
   for q, best in zip(queries[:num_figures], reranked[:num_figures, 0]):
     figure = explain.flow_figure(
@@ -173,7 +175,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
       later call) go to ``workdir/eval/step_N/``.
     checkpoint: a checkpoint step directory (``.../checkpoints/1200``); by default the
       best checkpoint of ``workdir``, else its latest.
-    explain_results: also write the HTML report and flow figures (:func:`explain`).
+    explain_results: also write the HTML report and flow figures (:func:`write_explanations`).
 
   Returns:
     The evaluation results (:func:`diml_jax.evaluation.evaluate`).
@@ -193,7 +195,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
   if jax.process_index() == 0:
     print(f"{test_set}, checkpoint {directory}/{step}\n{evaluation.format_table(results)}")
     if explain_results:
-      print("report:", explain(config, test_set, embeddings, out_dir))
+      print("report:", write_explanations(config, test_set, embeddings, out_dir))
   return results
 
 

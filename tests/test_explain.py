@@ -331,6 +331,14 @@ def test_report_is_one_file_with_working_anchors(run, report):
   assert len(page.images) == len(run.queries) + len(results) + len(distinct)
 
 
+def test_report_names_classes_when_given(run):
+  names = ["astronaut <Eileen>", "chelsea", "coffee"]
+  text = report_html(run._replace(class_names=names))
+  assert "astronaut &lt;Eileen&gt;" in text and "<Eileen>" not in text
+  assert "· chelsea" in text and "· class 1" not in text
+  assert "· class 1" in report_html(run)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("global_neighbours", np.zeros((3, 3), int), r"global_neighbours must be \[q, k\] with q = 2"),
     ("reranked_neighbours", np.zeros((2, 2), int), r"the same shape"),

@@ -18,7 +18,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import demo
-from diml_jax import data, experiment, train_lib
+from diml_jax import data, eval_lib, experiment, train_lib
 from diml_jax.experiment import TrainState
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,7 +152,8 @@ def test_config_typo_fails_at_once_naming_the_key():
        "--workdir", "/nonexistent/never-created"],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
-  assert "lerning_rate" in out.stderr
+  assert "--config.lerning_rate: the config has no key 'lerning_rate'" in out.stderr
+  assert "Traceback" not in out.stderr
   assert not os.path.exists("/nonexistent/never-created")
   assert time.time() - start < 60
 
@@ -192,3 +193,12 @@ def test_training_writes_logs_config_checkpoints_and_evaluation(tmp_path):
   assert len([l for l in lines if '"train/loss"' in l]) == 6
   # A second call finds the run finished and does nothing.
   assert train_lib.train_and_evaluate(config, str(tmp_path)) == {}
+  # eval.py's path: the best checkpoint, the cached embeddings, the same metrics, and
+  # the HTML report with its flow figures.
+  again = eval_lib.run(config, str(tmp_path), explain_results=True)
+  assert again["metrics"]["0"] == results["metrics"]["0"]
+  out = tmp_path / "eval" / "step_6"
+  report = (out / "report.html").read_text()
+  figures = sorted(p.name for p in out.glob("flow_query*.png"))
+  assert len(figures) == 4 and all((out / f.replace(".png", ".svg")).exists() for f in figures)
+  assert "<img" in report and "DIML" in report

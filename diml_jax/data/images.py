@@ -252,12 +252,14 @@ def eval_image(
   if letterbox_to_square:
     image = letterbox(to_rgb(image))
   width, height = image.size
-  scale = resize_size / min(width, height)
-  # The crop of side `image_size` in resized pixels is `image_size / scale` file pixels.
-  crop_w, crop_h = image_size / scale, image_size / scale
-  left, top = (width - crop_w) / 2, (height - crop_h) / 2
-  factor = _draft_jpeg(image, 1 / scale)
+  shorter = min(width, height)
+  # The crop of side `image_size` in resized pixels is `side` file pixels (computed
+  # without a round trip through the scale: when resize_size == image_size it is
+  # exactly the shorter side, never a hair more, which PIL would reject).
+  side = shorter * image_size / resize_size
+  left, top = max(0.0, (width - side) / 2), max(0.0, (height - side) / 2)
+  factor = _draft_jpeg(image, shorter / resize_size)
   image = to_rgb(image)
-  box = (left / factor, top / factor, (left + crop_w) / factor, (top + crop_h) / factor)
+  box = (left / factor, top / factor, (left + side) / factor, (top + side) / factor)
   out = image.resize((image_size, image_size), Image.BILINEAR, box=box, reducing_gap=3.0)
   return np.asarray(out, dtype=np.uint8)

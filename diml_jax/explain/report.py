@@ -27,7 +27,7 @@ import base64
 import html
 import io
 import pathlib
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
@@ -57,6 +57,7 @@ class RetrievalRun(NamedTuple):
     embeddings: ``[n, c]`` global embeddings, or ``None``; when given, every result and
       figure shows the global cosine.
     grids: the part grids ``(query's, result's)`` as in ``flow_figure``; ``None``: square.
+    class_names: the name of each class (indexed by label), shown instead of the number.
   """
 
   queries: Any
@@ -67,6 +68,12 @@ class RetrievalRun(NamedTuple):
   match_pair: Callable[[int, int], Matching]
   embeddings: Any = None
   grids: tuple[Grid | None, Grid | None] | None = None
+  class_names: Sequence[str] | None = None
+
+
+def _class(run: RetrievalRun, index: int) -> str:
+  label = int(run.labels[index])
+  return html.escape(str(run.class_names[label])) if run.class_names is not None else f"class {label}"
 
 
 def _checked(run: RetrievalRun) -> RetrievalRun:
@@ -151,7 +158,7 @@ def _result(run: RetrievalRun, qpos: int, rank: int, index: int, thumb: str,
             scores: dict[str, float]) -> str:
   """One result: its image framed by correctness, linked to its pair's flow figure."""
   correct = run.labels[index] == run.labels[run.queries[qpos]]
-  caption = f"{rank}. #{index} · class {run.labels[index]}"
+  caption = f"{rank}. #{index} · {_class(run, index)}"
   lines = " · ".join(f"{name} {value:.3f}" for name, value in scores.items())
   return (
       f'<a class="result {"hit" if correct else "miss"}" href="#pair-{qpos}-{index}" '
@@ -168,8 +175,8 @@ def _figure_section(run: RetrievalRun, qpos: int, index: int, figure_jpeg: bytes
   return (
       f'<section class="flow" id="pair-{qpos}-{index}"><div class="panel">'
       f'<a class="close" href="#query-{qpos}">✕ close</a>'
-      f"<h2>query #{query} (class {run.labels[query]}) ↔ result #{index} (class "
-      f"{run.labels[index]}, {verdict})</h2>"
+      f"<h2>query #{query} ({_class(run, query)}) ↔ result #{index} ("
+      f"{_class(run, index)}, {verdict})</h2>"
       f'<img src="{_data_uri(figure_jpeg, "image/jpeg")}" alt="flow figure of query '
       f'#{query} and result #{index}"></div></section>'
   )
@@ -237,7 +244,7 @@ def report_html(
                    f'</h3><div class="row">{"".join(cards)}</div></div>')
     sections.append(
         f'<section class="query" id="query-{qpos}"><figure><img src="{thumb(query)}" '
-        f'alt="query #{query}"><figcaption>query #{query} · class {run.labels[query]}'
+        f'alt="query #{query}"><figcaption>query #{query} · {_class(run, query)}'
         f'</figcaption></figure><div class="lists">{"".join(lists)}</div></section>'
     )
 

@@ -111,6 +111,19 @@ def test_eval_image_default_resize_is_256_over_224():
     images.eval_image(data, image_size=14, resize_size=10)
 
 
+def test_letterboxed_eval_image_without_crop_margin_is_the_whole_picture():
+  # The demo's setting (resize_size == image_size on letterboxed clip art): the crop is
+  # the whole square. Sizes whose round trip through the scale is inexact once crashed
+  # PIL ("box offset can't be negative").
+  for width, height in [(211, 120), (97, 308), (616, 616), (333, 301)]:
+    pixels = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    data = _encode(Image.fromarray(pixels), "PNG")
+    out = images.eval_image(data, image_size=160, resize_size=160, letterbox_to_square=True)
+    square = images.letterbox(Image.fromarray(pixels))
+    reference = np.asarray(square.resize((160, 160), Image.BILINEAR)).astype(float)
+    assert np.abs(out - reference).mean() < 2.0, (width, height)
+
+
 def test_jpeg_draft_keeps_the_picture():
   # A large smooth JPEG decoded at reduced size must look like the full-size decode.
   yy, xx = np.mgrid[0:800, 0:1200]
