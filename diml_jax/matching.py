@@ -164,9 +164,15 @@ _UNDERFLOW_EPSILON = 0.023
 
 
 def _transport(
-    s: jax.Array, mu: jax.Array, nu: jax.Array, opts: SinkhornOptions
+    s: jax.Array, mu: jax.Array, nu: jax.Array, opts: SinkhornOptions,
+    weights: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Flows for a flat batch of problems: ``s [p, r1, r2]`` -> ``(T, iterations, error)``."""
+  """Flows for a flat batch of problems: ``s [p, r1, r2]`` -> ``(T, iterations, error)``.
+
+  With ``weights [p, r1, r2]`` (``S`` or ``D``), returns ``sum_ij T_ij W_ij`` ``[p]`` in
+  place of ``T``: in kernel mode that is ``u^T (K ⊙ W) v``, contracted without forming
+  ``T`` (as a reduction of ``K u v W`` it cost more than the Sinkhorn iterations).
+  """
   eps = opts.epsilon
   if opts.gradient == "constant":
     # The published method treats the flow as a constant in the backward pass.
@@ -195,10 +201,19 @@ def _transport(
         geom.scaling_from_potential(f), geom.scaling_from_potential(g)
     )
 
+  def transported(d, f, g):  # sum_ij T_ij W_ij for the whole block
+    if opts.lse_mode:
+      return _inner(jax.vmap(flow)(d, f, g), weights)
+    geom = make(d)  # scaling_from_potential is elementwise: one call for the block
+    u, v = geom.scaling_from_potential(f), geom.scaling_from_potential(g)
+    return jnp.einsum("prs,pr,ps->p", d * weights, u, v)
+
   if opts.gradient == "constant":
     f, g, iterations, error = _sinkhorn_rounds(data, make, mu, nu, opts)
   else:
     f, g, iterations, error = _sinkhorn_native(data, make, mu, nu, opts)
+  if weights is not None:
+    return transported(data, f, g), iterations, error
   return jax.vmap(flow)(data, f, g), iterations, error
 
 
@@ -438,17 +453,28 @@ def _marginal_pair(marginals: str, x_gy: jax.Array, y_gx: jax.Array):
   )
 
 
-def _quantity(
-    quantity: Quantity, flow: jax.Array, s: jax.Array, global_sim: jax.Array
-) -> jax.Array:
-  structural = jnp.sum(flow * s, (-2, -1))
+def _distance(similarity: jax.Array) -> jax.Array:
+  """Euclidean distance between unit vectors from their cosine similarity."""
+  return jnp.sqrt(jnp.maximum(2.0 - 2.0 * similarity, 0.0) + _DISTANCE_FLOOR)
+
+
+def _local_weights(quantity: Quantity, s: jax.Array) -> jax.Array:
+  """What the flow weighs for ``quantity``: ``S``, or ``D`` for the distance."""
+  return _distance(s) if quantity == "distance" else s
+
+
+def _quantity(quantity: Quantity, transported: jax.Array, global_sim: jax.Array) -> jax.Array:
+  """Combines ``sum T ⊙ W`` (``W`` from :func:`_local_weights`) with the global term."""
   if quantity == "structural":
-    return structural
+    return transported
   if quantity == "similarity":
-    return 0.5 * (structural + global_sim)
-  local_d = jnp.sqrt(jnp.maximum(2.0 - 2.0 * s, 0.0) + _DISTANCE_FLOOR)
-  global_d = jnp.sqrt(jnp.maximum(2.0 - 2.0 * global_sim, 0.0) + _DISTANCE_FLOOR)
-  return 0.5 * (jnp.sum(flow * local_d, (-2, -1)) + global_d)
+    return 0.5 * (transported + global_sim)
+  return 0.5 * (transported + _distance(global_sim))
+
+
+def _inner(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``sum_ij a_ij b_ij`` over the last two axes."""
+  return jnp.sum(a * b, (-2, -1))
 
 
 def _flat_transport(s, mu, nu, opts: SinkhornOptions):
@@ -461,6 +487,19 @@ def _flat_transport(s, mu, nu, opts: SinkhornOptions):
       num, opts.block_size,
   )
   return flow.reshape(s.shape), iterations.reshape(batch), error.reshape(batch)
+
+
+def _flat_transported(s, mu, nu, weights, opts: SinkhornOptions) -> jax.Array:
+  """``sum_ij T_ij W_ij`` for every problem of ``s [..., r1, r2]``, in blocks: ``[...]``."""
+  batch, (r1, r2) = s.shape[:-2], s.shape[-2:]
+  num = math.prod(batch)
+  total, _, _ = _blocked(
+      lambda s, mu, nu, w: _transport(s, mu, nu, opts, weights=w),
+      (s.reshape(num, r1, r2), mu.reshape(num, r1), nu.reshape(num, r2),
+       weights.reshape(num, r1, r2)),
+      num, opts.block_size,
+  )
+  return total.reshape(batch)
 
 
 # --------------------------------------------------------------------------------------
@@ -503,11 +542,12 @@ def _pairwise_core(xs, ys, gxs, gys, *, quantity, marginals, opts: SinkhornOptio
 
   def tile(xa, ga, yb, gb):  # [q, r1, c], [q, c], [k, r2, c], [k, c] -> [q, k]
     s = jnp.einsum("arc,bsc->abrs", xa, yb)
-    mu, nu = _marginal_pair(
-        marginals, jnp.einsum("arc,bc->abr", xa, gb), jnp.einsum("bsc,ac->abs", yb, ga)
-    )
-    flow, _, _ = _flat_transport(s, mu, nu, opts)
-    return _quantity(quantity, flow, s, ga @ gb.T)
+    # <y_j, g_a> as [b, s, a] (the large operand yb on the left, as the product for S
+    # has it), so that yb is not transposed in every tile.
+    y_ga = jnp.einsum("bsc,ac->bsa", yb, ga).transpose(2, 0, 1)
+    mu, nu = _marginal_pair(marginals, jnp.einsum("arc,bc->abr", xa, gb), y_ga)
+    total = _flat_transported(s, mu, nu, _local_weights(quantity, s), opts)
+    return _quantity(quantity, total, ga @ gb.T)
 
   def row_tile(xa, ga):  # [q, r1, c], [q, c] -> [q, m]
     return _blocked(lambda yb, gb: tile(xa, ga, yb, gb).T, (ys, gys), m, cols).T
@@ -527,8 +567,8 @@ def _rerank_core(queries, candidates, gq, gc, *, quantity, marginals, opts):
         marginals,
         jnp.einsum("qrc,qkc->qkr", xq, gyc), jnp.einsum("qksc,qc->qks", yc, gxq),
     )
-    flow, _, _ = _flat_transport(s, mu, nu, opts)
-    return _quantity(quantity, flow, s, jnp.einsum("qc,qkc->qk", gxq, gyc))
+    total = _flat_transported(s, mu, nu, _local_weights(quantity, s), opts)
+    return _quantity(quantity, total, jnp.einsum("qc,qkc->qk", gxq, gyc))
 
   return _blocked(
       tile, (queries, gq, candidates, gc), queries.shape[0], max(1, opts.block_size // k)
@@ -734,7 +774,7 @@ def diml_similarity(x, y, gx=None, gy=None, *, marginals="cross", **options):
   loss with DIML uses it (MISSION.md step 5). Arguments as :func:`match`.
   """
   m, global_sim = _checked_match(x, y, gx, gy, marginals, _options(**options))
-  return _quantity("similarity", m.flow, m.part_similarity, global_sim)
+  return _quantity("similarity", m.similarity, global_sim)
 
 
 def diml_distance(x, y, gx=None, gy=None, *, marginals="cross", **options):
@@ -745,7 +785,7 @@ def diml_distance(x, y, gx=None, gy=None, *, marginals="cross", **options):
   Arguments as :func:`match`.
   """
   m, global_sim = _checked_match(x, y, gx, gy, marginals, _options(**options))
-  return _quantity("distance", m.flow, m.part_similarity, global_sim)
+  return _quantity("distance", _inner(m.flow, _distance(m.part_similarity)), global_sim)
 
 
 def pairwise(
