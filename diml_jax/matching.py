@@ -597,12 +597,24 @@ def _pairwise_core(xs, ys, gxs, gys, *, quantity, marginals, opts: SinkhornOptio
 
 
 @functools.partial(jax.jit, static_argnames=("quantity", "marginals", "opts"))
-def _rerank_core(queries, candidates, gq, gc, *, quantity, marginals, opts):
+def _rerank_core(queries, candidates, gq, gc, indices, *, quantity, marginals, opts):
   queries, gq = _prepare(queries, gq)
-  candidates, gc = _prepare(candidates, gc)
-  k = candidates.shape[1]
+  if indices is None:
+    candidates, gc = _prepare(candidates, gc)
+    per_query = (candidates, gc)
+    k = candidates.shape[1]
+  else:
+    # Candidates are gathered (and normalised) tile by tile from the gallery: each
+    # tile's features are read once from memory and then stay in cache.
+    per_query = (indices,)
+    k = indices.shape[1]
 
-  def tile(xq, gxq, yc, gyc):  # [t, r1, c], [t, c], [t, k, r2, c], [t, k, c] -> [t, k]
+  def tile(xq, gxq, *candidates_of_tile):  # [t, r1, c], [t, c], ... -> [t, k]
+    if indices is None:
+      yc, gyc = candidates_of_tile  # [t, k, r2, c], [t, k, c]
+    else:
+      idx = candidates_of_tile[0]
+      yc, gyc = _prepare(candidates[idx], None if gc is None else gc[idx])
     s = jnp.einsum("qrc,qksc->qkrs", xq, yc)
     mu, nu = _marginal_pair(
         marginals,
@@ -612,7 +624,7 @@ def _rerank_core(queries, candidates, gq, gc, *, quantity, marginals, opts):
     return _quantity(quantity, total, jnp.einsum("qc,qkc->qk", gxq, gyc))
 
   return _blocked(
-      tile, (queries, gq, candidates, gc), queries.shape[0], max(1, opts.block_size // k)
+      tile, (queries, gq, *per_query), queries.shape[0], max(1, opts.block_size // k)
   )
 
 
@@ -880,6 +892,7 @@ def rerank(
     gq: jax.Array | None = None,
     gc: jax.Array | None = None,
     *,
+    indices: jax.Array | None = None,
     quantity: Quantity = "structural",
     marginals: Literal["cross", "uniform"] = "cross",
     **options,
@@ -891,11 +904,19 @@ def rerank(
   ``quantity="similarity"`` (``(structural + global) / 2``) orders exactly as
   ``structural + global``.
 
+  The candidates are given either as features ``[q, k, r2, c]``, or as a gallery
+  ``[n, r2, c]`` with ``indices [q, k]`` into it: then each tile of queries gathers its
+  own candidates, and no ``[q, k, r2, c]`` array is formed (faster on a CPU, where the
+  features of ``q * k`` candidates do not fit in cache).
+
   Args:
     queries: local features ``[q, r1, c]``.
-    candidates: local features of each query's candidates ``[q, k, r2, c]``.
+    candidates: local features of each query's candidates ``[q, k, r2, c]``, or of a
+      gallery ``[n, r2, c]`` when ``indices`` is given.
     gq: global vectors ``[q, c]`` (default: mean of the local vectors).
-    gc: global vectors ``[q, k, c]`` (default: mean of the local vectors).
+    gc: global vectors ``[q, k, c]``, or ``[n, c]`` with ``indices`` (default: mean of
+      the local vectors).
+    indices: gallery indices of each query's candidates ``[q, k]`` int, or ``None``.
     quantity: as in :func:`pairwise`.
     marginals: ``"cross"`` or ``"uniform"``.
     **options: Sinkhorn options of :func:`match`.
@@ -905,17 +926,31 @@ def rerank(
   """
   opts = _options(**options)
   queries = _check_locals("queries", queries, "[q, r1, c]")
-  candidates = _check_locals("candidates", candidates, "[q, k, r2, c]")
-  if candidates.shape[0] != queries.shape[0] or candidates.shape[-1] != queries.shape[-1]:
-    raise ValueError(
-        f"rerank needs queries [q, r1, c] and candidates [q, k, r2, c] with the same q "
-        f"and c; got queries {queries.shape} and candidates {candidates.shape}."
-    )
+  if indices is None:
+    candidates = _check_locals("candidates", candidates, "[q, k, r2, c]")
+    if candidates.shape[0] != queries.shape[0] or candidates.shape[-1] != queries.shape[-1]:
+      raise ValueError(
+          f"rerank needs queries [q, r1, c] and candidates [q, k, r2, c] with the same q "
+          f"and c; got queries {queries.shape} and candidates {candidates.shape}."
+      )
+    gc_shape = candidates.shape[:2] + candidates.shape[-1:]
+  else:
+    candidates = _check_locals("candidates", candidates, "[n, r2, c]")
+    indices = jnp.asarray(indices)
+    if (indices.ndim != 2 or indices.shape[0] != queries.shape[0]
+        or not jnp.issubdtype(indices.dtype, jnp.integer)
+        or candidates.shape[-1] != queries.shape[-1]):
+      raise ValueError(
+          f"rerank with indices needs queries [q, r1, c], a gallery [n, r2, c] with the "
+          f"same c and int indices [q, k]; got queries {queries.shape}, candidates "
+          f"{candidates.shape} and indices {indices.dtype} {indices.shape}."
+      )
+    gc_shape = candidates.shape[:1] + candidates.shape[-1:]
   if _check_kind(marginals) == "given":
     raise ValueError("rerank takes marginals 'cross' or 'uniform'; use match for arrays.")
   return _rerank_core(
       queries, candidates,
       _check_globals("gq", gq, queries.shape[:1] + queries.shape[-1:]),
-      _check_globals("gc", gc, candidates.shape[:2] + candidates.shape[-1:]),
+      _check_globals("gc", gc, gc_shape), indices,
       quantity=_check_quantity(quantity), marginals=marginals, opts=opts,
   )

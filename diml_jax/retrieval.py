@@ -276,7 +276,7 @@ def _check_vectors(name: str, x: Any, layout: str = "[n, d]") -> np.ndarray:
 def _rerank_fn(mesh: Mesh, marginals: str, options: tuple):
   def local(ql, qg, candidates, gl, gg):  # one device's queries; gallery replicated
     return matching.rerank(
-        ql, gl[candidates], qg, gg[candidates], quantity="similarity",
+        ql, gl, qg, gg, indices=candidates, quantity="similarity",
         marginals=marginals, **dict(options),
     )
 
