@@ -609,19 +609,18 @@ def _pairwise_core(xs, ys, gxs, gys, *, quantity, marginals, opts: SinkhornOptio
 @functools.partial(jax.jit, static_argnames=("quantity", "marginals", "opts"))
 def _rerank_core(queries, candidates, gq, gc, indices, *, quantity, marginals, opts):
   queries, gq = _prepare(queries, gq)
+  # Candidates are normalised (and, with indices, gathered from the gallery) tile by
+  # tile: each tile's features are read once from memory and then stay in cache.
   if indices is None:
-    candidates, gc = _prepare(candidates, gc)
-    per_query = (candidates, gc)
+    per_query = (candidates,) if gc is None else (candidates, gc)
     k = candidates.shape[1]
   else:
-    # Candidates are gathered (and normalised) tile by tile from the gallery: each
-    # tile's features are read once from memory and then stay in cache.
     per_query = (indices,)
     k = indices.shape[1]
 
   def tile(xq, gxq, *candidates_of_tile):  # [t, r1, c], [t, c], ... -> [t, k]
-    if indices is None:
-      yc, gyc = candidates_of_tile  # [t, k, r2, c], [t, k, c]
+    if indices is None:  # [t, k, r2, c] and [t, k, c] if given
+      yc, gyc = _prepare(candidates_of_tile[0], (*candidates_of_tile[1:], None)[0])
     else:
       idx = candidates_of_tile[0]
       yc, gyc = _prepare(candidates[idx], None if gc is None else gc[idx])
