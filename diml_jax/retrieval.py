@@ -276,7 +276,7 @@ def _check_vectors(name: str, x: Any, layout: str = "[n, d]") -> np.ndarray:
 def _rerank_fn(mesh: Mesh, marginals: str, options: tuple):
   def local(ql, qg, candidates, gl, gg):  # one device's queries; gallery replicated
     return matching.rerank(
-        ql, gl[candidates], qg, gg[candidates], quantity="similarity",
+        ql, gl, qg, gg, indices=candidates, quantity="similarity",
         marginals=marginals, **dict(options),
     )
 
@@ -305,11 +305,10 @@ def rerank_scores(
 
   The score that re-ranks (it orders as ``structural + global``), from
   :func:`diml_jax.matching.rerank`. Queries are processed in chunks split over
-  ``devices``, ``chunk_per_device`` on each; the gallery is replicated on each device
-  and each device gathers its own candidates, so memory is about
-  ``chunk_per_device * k * r * c * 4`` bytes of candidate features per device besides
-  the gallery. Small chunks are fastest on a CPU: the candidates' features (``k`` maps
-  per query, normalised again inside ``rerank``) then stay in cache.
+  ``devices``, ``chunk_per_device`` on each; the gallery is replicated on each device,
+  and ``rerank`` gathers (and normalises) each tile's candidates from it by index, so
+  no ``[chunk, k, r, c]`` copy of candidate features is made: a tile's candidates are
+  read from memory once and then stay in cache.
 
   Args:
     query_local: local features of the queries ``[q, r, c]``.

@@ -191,6 +191,13 @@ def test_pairwise_and_rerank_agree_with_match_and_reference():
   rr = matching.rerank(xs, cand, block_size=16)
   assert rr.shape == (10, 5)
   np.testing.assert_allclose(rr, matching.match(xs[:, None], cand).similarity, atol=1e-5)
+  # Candidates as gallery indices, gathered tile by tile: the same scores.
+  idx = rng.integers(0, 7, size=(10, 5))
+  gys = rng.normal(size=(7, 32)).astype(np.float32)
+  np.testing.assert_allclose(
+      matching.rerank(xs, ys, gc=gys, indices=idx, quantity="similarity", block_size=16),
+      matching.rerank(xs, ys[idx], gc=gys[idx], quantity="similarity", block_size=16),
+      atol=1e-6)
   d = matching.pairwise(xs, ys, quantity="distance", block_size=16)
   np.testing.assert_allclose(
       d, matching.diml_distance(xs[:, None], ys[None]), atol=1e-5)
@@ -323,6 +330,8 @@ def test_half_precision_inputs_are_matched_in_float32(dtype):
      r"xs must be local features \[n, r1, c\]"),
     (lambda: matching.pairwise(np.ones((2, 4, 8)), np.ones((3, 4, 6))), "pairwise needs"),
     (lambda: matching.rerank(np.ones((2, 4, 8)), np.ones((3, 5, 4, 8))), "rerank needs"),
+    (lambda: matching.rerank(np.ones((2, 4, 8)), np.ones((3, 4, 8)), indices=np.ones((3, 5))),
+     "rerank with indices needs"),
     (lambda: matching.pairwise(np.ones((2, 4, 8)), np.ones((3, 4, 8)), quantity="cosine"),
      "quantity must be"),
 ])
