@@ -439,16 +439,58 @@ def _marginal_pair(marginals: str, x_gy: jax.Array, y_gx: jax.Array):
 
 
 def _quantity(
-    quantity: Quantity, flow: jax.Array, s: jax.Array, global_sim: jax.Array
+    quantity: Quantity, flow: jax.Array, s: jax.Array, global_sim: jax.Array,
+    mass: float = 1.0,
 ) -> jax.Array:
-  structural = jnp.sum(flow * s, (-2, -1))
+  """A DIML quantity from a flow of total ``mass``; its part sums are divided by ``mass``.
+
+  For a partial flow (``mass = p < 1``) the structural terms are then the flow-weighted
+  means over the matched parts, on the scale of a cosine (or of a distance between unit
+  vectors) whatever ``p``, so that the losses' margins and thresholds and the ``structural
+  + global`` re-ranking keep their meaning; ``p = 1`` divides by one (exactly the ordinary
+  quantities).
+  """
+  structural = jnp.sum(flow * s, (-2, -1)) / mass
   if quantity == "structural":
     return structural
   if quantity == "similarity":
     return 0.5 * (structural + global_sim)
   local_d = jnp.sqrt(jnp.maximum(2.0 - 2.0 * s, 0.0) + _DISTANCE_FLOOR)
   global_d = jnp.sqrt(jnp.maximum(2.0 - 2.0 * global_sim, 0.0) + _DISTANCE_FLOOR)
-  return 0.5 * (jnp.sum(flow * local_d, (-2, -1)) + global_d)
+  return 0.5 * (jnp.sum(flow * local_d, (-2, -1)) / mass + global_d)
+
+
+def _solve(s, mu, nu, mass: float, opts: SinkhornOptions):
+  """:func:`_flat_transport`, or for ``mass < 1`` the partial flow of :mod:`diml_jax.partial`."""
+  if mass == 1.0:
+    return _flat_transport(s, mu, nu, opts)
+  # diml_jax.partial solves its augmented problem with this module's transport, so it is
+  # imported here, not at the top (a cycle).
+  from diml_jax import partial  # pylint: disable=g-import-not-at-top
+  return partial._partial_flow(s, mu, nu, jnp.asarray(mass, s.dtype), opts._asdict(),
+                               full=False)
+
+
+def _check_mass(mass: Any) -> float:
+  if isinstance(mass, jax.core.Tracer) or not isinstance(mass, (int, float)) or not (
+      0 < mass <= 1):
+    raise ValueError(f"`mass` (the fraction p of mass transported) must be a Python number in"
+                     f" (0, 1]; got {mass!r}.")
+  return float(mass)
+
+
+def _check_weights(marginals: Any, shapes: tuple, layouts: tuple) -> tuple[jax.Array, ...]:
+  """Per-item part weights ``(mu, nu)`` of the exact ``shapes``, or ``()`` for a string."""
+  if _check_kind(marginals) != "given":
+    return ()
+  weights = []
+  for name, m, shape, layout in zip(("mu", "nu"), marginals, shapes, layouts):
+    m = jnp.asarray(m)
+    if m.shape != shape or not jnp.issubdtype(m.dtype, jnp.floating):
+      raise ValueError(f"marginal {name} must be floating-point part weights {layout} ="
+                       f" {shape}; got {m.dtype}{list(m.shape)}.")
+    weights.append(_float32(m))
+  return tuple(weights)
 
 
 def _flat_transport(s, mu, nu, opts: SinkhornOptions):
@@ -493,45 +535,62 @@ def _match_core(x, y, gx, gy, given, *, marginals: str, opts: SinkhornOptions):
   return matching, jnp.broadcast_to(jnp.sum(gx * gy, -1), batch)
 
 
-@functools.partial(jax.jit, static_argnames=("quantity", "marginals", "opts"))
-def _pairwise_core(xs, ys, gxs, gys, *, quantity, marginals, opts: SinkhornOptions):
+def _tile_marginals(marginals, x_gy, y_gx, wx, wy):
+  """``(mu, nu)`` of a tile of pairs ``[..., r1]``, ``[..., r2]``: from the correlations, or
+  from the per-item weights ``wx``/``wy`` (broadcast to the pairs) for ``"given"``."""
+  if marginals == "given":
+    return (_cross_marginal(jnp.broadcast_to(wx, x_gy.shape)),
+            _cross_marginal(jnp.broadcast_to(wy, y_gx.shape)))
+  return _marginal_pair(marginals, x_gy, y_gx)
+
+
+# Weights of "given" marginals travel through the tiles as optional trailing arguments
+# (``*w``: none for "cross" and "uniform").
+@functools.partial(jax.jit, static_argnames=("quantity", "marginals", "mass", "opts"))
+def _pairwise_core(xs, ys, gxs, gys, weights, *, quantity, marginals, mass,
+                   opts: SinkhornOptions):
   xs, gxs = _prepare(xs, gxs)
   ys, gys = _prepare(ys, gys)
   n, m = xs.shape[0], ys.shape[0]
   cols = min(m, opts.block_size)
   rows = max(1, opts.block_size // cols)
+  wxs, wys = ((weights[0],), (weights[1],)) if weights else ((), ())
 
-  def tile(xa, ga, yb, gb):  # [q, r1, c], [q, c], [k, r2, c], [k, c] -> [q, k]
+  def tile(xa, ga, wa, yb, gb, wb):  # [q, r1, c], [q, c], [k, r2, c], [k, c] -> [q, k]
     s = jnp.einsum("arc,bsc->abrs", xa, yb)
-    mu, nu = _marginal_pair(
-        marginals, jnp.einsum("arc,bc->abr", xa, gb), jnp.einsum("bsc,ac->abs", yb, ga)
+    mu, nu = _tile_marginals(
+        marginals, jnp.einsum("arc,bc->abr", xa, gb), jnp.einsum("bsc,ac->abs", yb, ga),
+        wa[0][:, None] if wa else None, wb[0][None] if wb else None,
     )
-    flow, _, _ = _flat_transport(s, mu, nu, opts)
-    return _quantity(quantity, flow, s, ga @ gb.T)
+    flow, _, _ = _solve(s, mu, nu, mass, opts)
+    return _quantity(quantity, flow, s, ga @ gb.T, mass)
 
-  def row_tile(xa, ga):  # [q, r1, c], [q, c] -> [q, m]
-    return _blocked(lambda yb, gb: tile(xa, ga, yb, gb).T, (ys, gys), m, cols).T
+  def row_tile(xa, ga, *wa):  # [q, r1, c], [q, c] -> [q, m]
+    return _blocked(lambda yb, gb, *wb: tile(xa, ga, wa, yb, gb, wb).T, (ys, gys, *wys),
+                    m, cols).T
 
-  return _blocked(row_tile, (xs, gxs), n, rows)
+  return _blocked(row_tile, (xs, gxs, *wxs), n, rows)
 
 
-@functools.partial(jax.jit, static_argnames=("quantity", "marginals", "opts"))
-def _rerank_core(queries, candidates, gq, gc, *, quantity, marginals, opts):
+@functools.partial(jax.jit, static_argnames=("quantity", "marginals", "mass", "opts"))
+def _rerank_core(queries, candidates, gq, gc, weights, *, quantity, marginals, mass, opts):
   queries, gq = _prepare(queries, gq)
   candidates, gc = _prepare(candidates, gc)
   k = candidates.shape[1]
 
-  def tile(xq, gxq, yc, gyc):  # [t, r1, c], [t, c], [t, k, r2, c], [t, k, c] -> [t, k]
+  def tile(xq, gxq, yc, gyc, *w):  # [t, r1, c], [t, c], [t, k, r2, c], [t, k, c] -> [t, k]
     s = jnp.einsum("qrc,qksc->qkrs", xq, yc)
-    mu, nu = _marginal_pair(
+    mu, nu = _tile_marginals(
         marginals,
         jnp.einsum("qrc,qkc->qkr", xq, gyc), jnp.einsum("qksc,qc->qks", yc, gxq),
+        w[0][:, None] if w else None, w[1] if w else None,
     )
-    flow, _, _ = _flat_transport(s, mu, nu, opts)
-    return _quantity(quantity, flow, s, jnp.einsum("qc,qkc->qk", gxq, gyc))
+    flow, _, _ = _solve(s, mu, nu, mass, opts)
+    return _quantity(quantity, flow, s, jnp.einsum("qc,qkc->qk", gxq, gyc), mass)
 
   return _blocked(
-      tile, (queries, gq, candidates, gc), queries.shape[0], max(1, opts.block_size // k)
+      tile, (queries, gq, candidates, gc, *weights), queries.shape[0],
+      max(1, opts.block_size // k)
   )
 
 
@@ -755,7 +814,8 @@ def pairwise(
     gys: jax.Array | None = None,
     *,
     quantity: Quantity = "structural",
-    marginals: Literal["cross", "uniform"] = "cross",
+    marginals: Marginals = "cross",
+    mass: float = 1.0,
     **options,
 ) -> jax.Array:
   """One DIML quantity for every pair of two sets: ``xs [n, r1, c]``, ``ys [m, r2, c]`` -> ``[n, m]``.
@@ -770,7 +830,14 @@ def pairwise(
     gys: global vectors ``[m, c]`` (default: mean of the local vectors).
     quantity: ``"structural"`` (``sum T ⊙ S``), ``"similarity"`` (its mean with the
       global cosine) or ``"distance"`` (see :func:`diml_distance`).
-    marginals: ``"cross"`` or ``"uniform"``.
+    marginals: ``"cross"``, ``"uniform"``, or each item's part weights
+      ``(mu [n, r1], nu [m, r2])`` (non-negative, normalised here), e.g. a ViT's
+      truncated attention rollout pooled to the grid: pair ``(a, b)`` is matched with
+      marginals ``mu[a]`` and ``nu[b]``.
+    mass: ``p`` in ``(0, 1]``: the partial flow of :func:`diml_jax.partial.partial_match`
+      moves only ``p`` of the weight, and the structural terms are divided by ``p``
+      (``partial_match(...).similarity / p``: the mean over the matched parts). 1 is
+      ordinary matching.
     **options: Sinkhorn options of :func:`match`.
 
   Returns:
@@ -783,13 +850,13 @@ def pairwise(
         f"pairwise needs xs [n, r1, c] and ys [m, r2, c] with the same c; got xs "
         f"{xs.shape} and ys {ys.shape}."
     )
-  if _check_kind(marginals) == "given":
-    raise ValueError("pairwise takes marginals 'cross' or 'uniform'; use match for arrays.")
+  weights = _check_weights(marginals, (xs.shape[:2], ys.shape[:2]), ("[n, r1]", "[m, r2]"))
   return _pairwise_core(
       xs, ys,
       _check_globals("gxs", gxs, xs.shape[:1] + xs.shape[-1:]),
-      _check_globals("gys", gys, ys.shape[:1] + ys.shape[-1:]),
-      quantity=_check_quantity(quantity), marginals=marginals, opts=opts,
+      _check_globals("gys", gys, ys.shape[:1] + ys.shape[-1:]), weights,
+      quantity=_check_quantity(quantity), marginals=_check_kind(marginals),
+      mass=_check_mass(mass), opts=opts,
   )
 
 
@@ -800,7 +867,8 @@ def rerank(
     gc: jax.Array | None = None,
     *,
     quantity: Quantity = "structural",
-    marginals: Literal["cross", "uniform"] = "cross",
+    marginals: Marginals = "cross",
+    mass: float = 1.0,
     **options,
 ) -> jax.Array:
   """One DIML quantity between each query and its own candidates -> ``[q, k]``.
@@ -816,7 +884,9 @@ def rerank(
     gq: global vectors ``[q, c]`` (default: mean of the local vectors).
     gc: global vectors ``[q, k, c]`` (default: mean of the local vectors).
     quantity: as in :func:`pairwise`.
-    marginals: ``"cross"`` or ``"uniform"``.
+    marginals: ``"cross"``, ``"uniform"``, or part weights ``(mu [q, r1], nu [q, k, r2])``
+      of the queries and of their candidates (see :func:`pairwise`).
+    mass: ``p``, the partial mass (see :func:`pairwise`).
     **options: Sinkhorn options of :func:`match`.
 
   Returns:
@@ -830,11 +900,12 @@ def rerank(
         f"rerank needs queries [q, r1, c] and candidates [q, k, r2, c] with the same q "
         f"and c; got queries {queries.shape} and candidates {candidates.shape}."
     )
-  if _check_kind(marginals) == "given":
-    raise ValueError("rerank takes marginals 'cross' or 'uniform'; use match for arrays.")
+  weights = _check_weights(marginals, (queries.shape[:2], candidates.shape[:3]),
+                          ("[q, r1]", "[q, k, r2]"))
   return _rerank_core(
       queries, candidates,
       _check_globals("gq", gq, queries.shape[:1] + queries.shape[-1:]),
-      _check_globals("gc", gc, candidates.shape[:2] + candidates.shape[-1:]),
-      quantity=_check_quantity(quantity), marginals=marginals, opts=opts,
+      _check_globals("gc", gc, candidates.shape[:2] + candidates.shape[-1:]), weights,
+      quantity=_check_quantity(quantity), marginals=_check_kind(marginals),
+      mass=_check_mass(mass), opts=opts,
   )
