@@ -157,7 +157,7 @@ def evaluate(
     marginals = (weights, weights)
   if not recall_ks or min(recall_ks) < 1:
     raise ValueError(f"recall_ks must be non-empty and >= 1; got {recall_ks}.")
-  n, classes = x.shape[0], len(np.unique(labels))
+  n, classes = g.shape[0], len(np.unique(labels))
   relevant = metrics.num_relevant(labels, include_query_in_r=include_query_in_r)
   # Ranked positions the metrics read, and those re-ranking needs; the query is never
   # retrieved, so at most n - 1 of either.
