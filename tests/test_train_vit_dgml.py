@@ -16,7 +16,7 @@ import torch
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import cub_dgml, cub_vit_diml
-from diml_jax import data, experiment, losses, models, partial, train_lib
+from diml_jax import data, eval_lib, experiment, losses, models, partial, train_lib
 from diml_jax.experiment import TrainState
 from diml_jax.models.head import grid_pool_matrix
 from tests.models.torch_reference import TorchViT
@@ -276,6 +276,12 @@ def test_vit_diml_trains_evaluates_and_checkpoints(tmp_path):
     assert (tmp_path / name).exists(), name
   train_losses = _train_losses(tmp_path)
   assert len(train_losses) == 12 and np.all(np.isfinite(train_losses))
+  # eval.py's path: cached embeddings (with their part weights), the same metrics, and the
+  # report whose flow figures are partial flows with rollout marginals.
+  again = eval_lib.run(config, str(tmp_path), explain_results=True)
+  assert again["metrics"] == results["metrics"]
+  out = tmp_path / "eval" / "step_12"
+  assert (out / "report.html").exists() and len(list(out.glob("flow_query*.png"))) == 4
 
 
 @pytest.mark.slow
