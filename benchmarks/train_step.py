@@ -104,7 +104,8 @@ def ours(dtype: str, images: np.ndarray, labels: np.ndarray):
   global_, aux = jax.jit(lambda p, x: model.apply(
       {"params": p["model"], "batch_stats": batch_stats}, x))(params, batch["image"])
   loss_grad = jax.jit(jax.value_and_grad(
-      lambda lp, g, l: loss_fn(lp, g, l, batch["label"], key).loss, argnums=(0, 1, 2)))
+      lambda lp, g, l: loss_fn(lp, g, {"local": l}, batch["label"], key).loss,
+      argnums=(0, 1, 2)))
 
   def loss_only():
     jax.block_until_ready(loss_grad(params["loss"], global_, aux["local"]))

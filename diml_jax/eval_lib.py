@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diml_jax import data, evaluation, experiment, explain, matching, retrieval
+from diml_jax import data, evaluation, experiment, explain, matching, partial, retrieval
 from diml_jax.data import images as image_lib
 from diml_jax.experiment import DATA_AXIS
 
@@ -38,8 +38,9 @@ def embed(config: ml_collections.ConfigDict, model, variables: dict, dataset: da
   could not be decoded are left out, with a warning.
   """
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  names = _outputs(config)
   apply = jax.jit(
-      lambda v, x: _outputs(model.apply(v, x, train=False)),
+      lambda v, x: _select(model.apply(v, x, train=False), names),
       in_shardings=(NamedSharding(mesh, P()), batch_sharding), out_shardings=batch_sharding,
   )
   batches = data.eval_iterator(
@@ -55,26 +56,44 @@ def embed(config: ml_collections.ConfigDict, model, variables: dict, dataset: da
       yield {"image": batch["image"]}
 
   n = len(dataset)
-  global_ = local = None
+  arrays = None
   seen = np.zeros(n, bool)
   for batch in data.device_prefetch(images(), batch_sharding):
-    g, x = multihost_utils.process_allgather(apply(variables, batch["image"]), tiled=True)
+    outs = multihost_utils.process_allgather(apply(variables, batch["image"]), tiled=True)
     index, mask = (multihost_utils.process_allgather(a, tiled=True) for a in host.popleft())
-    if global_ is None:
-      global_ = np.zeros((n, g.shape[-1]), np.float32)
-      local = np.zeros((n, *x.shape[1:]), np.float32)
+    if arrays is None:
+      arrays = [np.zeros((n, *o.shape[1:]), np.float32) for o in outs]
     keep = mask & (index >= 0)
-    global_[index[keep]], local[index[keep]] = g[keep], x[keep]
+    for array, out in zip(arrays, outs):
+      array[index[keep]] = out[keep]
     seen[index[keep]] = True
   if not seen.all():
     logging.warning("%d of %d %s images could not be decoded and are left out",
                     n - seen.sum(), n, dataset)
-  return evaluation.Embeddings(global_[seen], local[seen], dataset.labels[seen])
+  found = dict(zip(names, (a[seen] for a in arrays)))
+  return evaluation.Embeddings(found["global"], found.get("local"), dataset.labels[seen],
+                               found.get("part_weights"))
 
 
-def _outputs(out):
+def _outputs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """What evaluation keeps of the model's outputs: the global embedding, the local ones
+  (none for DGML's grouping head) and, for rollout marginals, the part weights."""
+  if config.model.head == "grouping":
+    return ("global",)
+  if config.loss.marginals == "rollout":
+    return ("global", "local", "part_weights")
+  return ("global", "local")
+
+
+def _select(out, names: tuple[str, ...]) -> tuple:
   global_, aux = out
-  return global_, aux["local"]
+  return tuple(global_ if name == "global" else aux[name] for name in names)
+
+
+def rerank_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """How re-ranking matches a pair, from the config: marginals and partial mass."""
+  marginals = "weights" if config.loss.marginals == "rollout" else config.loss.marginals
+  return dict(marginals=marginals, mass=config.loss.partial_mass)
 
 
 def evaluate_embeddings(config: ml_collections.ConfigDict, embeddings: evaluation.Embeddings
@@ -82,8 +101,8 @@ def evaluate_embeddings(config: ml_collections.ConfigDict, embeddings: evaluatio
   """Global and multi-scale DIML retrieval metrics (MISSION.md step 6)."""
   return evaluation.evaluate(
       embeddings, ks=config.eval.ks, include_query_in_r=config.eval.include_query_in_r,
-      marginals=config.loss.marginals, with_nmi=config.eval.with_nmi, seed=config.seed,
-      progress=jax.process_index() == 0, **config.sinkhorn,
+      with_nmi=config.eval.with_nmi, seed=config.seed, progress=jax.process_index() == 0,
+      **rerank_options(config), **config.sinkhorn,
   )
 
 
@@ -91,12 +110,14 @@ def evaluate_state(config, model, state: experiment.TrainState, dataset: data.Da
                    mesh: Mesh, out_dir: str) -> tuple[dict[str, Any], evaluation.Embeddings]:
   """Embeds ``dataset`` (or reloads the embeddings cached in ``out_dir``) and evaluates.
 
-  Results go to ``out_dir`` as JSON and CSV. The cache is named after the grid and the
-  image size, which change the embeddings; re-ranking experiments with other ``ks`` or
-  Sinkhorn options reuse it.
+  Results go to ``out_dir`` as JSON and CSV. The cache is named after the grid, the
+  image size and (for rollout marginals) the rollout depth, which change the embeddings;
+  re-ranking experiments with other ``ks``, partial mass or Sinkhorn options reuse it.
   """
-  cache = os.path.join(
-      out_dir, f"embeddings_grid{config.model.grid_size}_px{config.data.image_size}.npz")
+  name = f"embeddings_grid{config.model.grid_size}_px{config.data.image_size}"
+  if config.loss.marginals == "rollout":
+    name += f"_rollout{config.model.rollout_blocks}"
+  cache = os.path.join(out_dir, name + ".npz")
   if os.path.exists(cache):
     logging.info("Embeddings from %s", cache)
     embeddings = evaluation.load_embeddings(cache)
@@ -126,15 +147,23 @@ def write_explanations(config: ml_collections.ConfigDict, dataset: data.Dataset,
     The report's path.
   """
   os.makedirs(out_dir, exist_ok=True)
-  g, x, labels = embeddings
+  g, x, labels, w = embeddings
   if len(labels) != len(dataset):
     raise ValueError("write_explanations needs the embeddings of every image of the data set.")
+  if x is None:
+    raise ValueError("write_explanations draws DIML's flows between parts, and these "
+                     "embeddings have no parts (DGML's grouping head); its group attention "
+                     "maps are the model's aux['group_attention'] "
+                     "(explain.relevance_figure draws them).")
   rng = np.random.default_rng(config.seed)
   queries = np.sort(rng.choice(len(labels), min(num_queries, len(labels)), replace=False))
   depth = min(max(top_k, rerank_k), len(labels) - 1)
   nearest = retrieval.global_neighbours(g[queries], g, k=depth, self_index=queries)
+  options = rerank_options(config)
+  rollout = options["marginals"] == "weights"
   scores = retrieval.rerank_scores(
-      x[queries], g[queries], x, g, nearest.indices, marginals=config.loss.marginals,
+      x[queries], g[queries], x, g, nearest.indices,
+      marginals=(w[queries], w) if rollout else options["marginals"], mass=options["mass"],
       **config.sinkhorn)
   reranked = retrieval.multiscale_order(nearest.indices, scores, k=depth)
   grid = config.model.grid_size
@@ -145,8 +174,11 @@ def write_explanations(config: ml_collections.ConfigDict, dataset: data.Dataset,
         resize_size=config.data.resize_size, letterbox_to_square=dataset.letterbox)
 
   def match_pair(i, j):
-    return matching.match(x[i], x[j], g[i], g[j], marginals=config.loss.marginals,
-                          **config.sinkhorn)
+    marginals = (w[i], w[j]) if rollout else options["marginals"]
+    if options["mass"] < 1:
+      return partial.partial_match(x[i], x[j], g[i], g[j], marginals=marginals,
+                                   mass=options["mass"], **config.sinkhorn)
+    return matching.match(x[i], x[j], g[i], g[j], marginals=marginals, **config.sinkhorn)
 
   run = explain.RetrievalRun(
       queries=queries, global_neighbours=nearest.indices[:, :top_k],

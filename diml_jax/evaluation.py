@@ -45,29 +45,40 @@ class Embeddings(NamedTuple):
 
   Attributes:
     global_: global vectors ``[n, c]`` (the model's pooled embedding).
-    local: local feature vectors ``[n, r, c]`` (the ``h * w`` cells of the map).
+    local: local feature vectors ``[n, r, c]`` (the ``h * w`` cells of the map), or
+      ``None`` for a model without parts (DGML's groups): global ranking only.
     labels: class labels ``[n]`` int.
+    weights: optional part weights ``[n, r]``, the marginals of re-ranking with
+      ``marginals="weights"`` (a ViT's truncated attention rollout pooled to the grid).
   """
 
   global_: np.ndarray
-  local: np.ndarray
+  local: np.ndarray | None
   labels: np.ndarray
+  weights: np.ndarray | None = None
 
 
 def _check(embeddings: Embeddings) -> Embeddings:
-  g, x, y = (np.asarray(a) for a in embeddings)
-  if x.ndim != 3 or g.shape != (x.shape[0], x.shape[2]) or y.shape != x.shape[:1]:
+  g, y = np.asarray(embeddings.global_), np.asarray(embeddings.labels)
+  x = None if embeddings.local is None else np.asarray(embeddings.local)
+  w = None if embeddings.weights is None else np.asarray(embeddings.weights)
+  if g.ndim != 2 or y.shape != g.shape[:1] or (
+      x is not None and (x.ndim != 3 or x.shape[::2] != g.shape)):
     raise ValueError(
-        f"Embeddings need global_ [n, c], local [n, r, c] and labels [n]; got "
-        f"{g.shape}, {x.shape} and {y.shape}."
+        f"Embeddings need global_ [n, c], local [n, r, c] (or None) and labels [n]; got "
+        f"{g.shape}, {None if x is None else x.shape} and {y.shape}."
     )
-  if not (np.issubdtype(g.dtype, np.floating) and np.issubdtype(x.dtype, np.floating)):
-    raise ValueError(f"global_ and local must be floating point; got {g.dtype}, {x.dtype}.")
+  if not all(np.issubdtype(a.dtype, np.floating) for a in (g, x, w) if a is not None):
+    raise ValueError(f"global_, local and weights must be floating point; got {g.dtype}, "
+                     f"{None if x is None else x.dtype}, {None if w is None else w.dtype}.")
   if not np.issubdtype(y.dtype, np.integer):
     raise ValueError(f"labels must be integers; got {y.dtype}.")
-  if x.shape[0] < 2:
-    raise ValueError(f"need at least 2 items to evaluate; got {x.shape[0]}.")
-  return Embeddings(g, x, y)
+  if w is not None and (x is None or w.shape != x.shape[:2]):
+    raise ValueError(f"weights must be part weights [n, r] of the local features "
+                     f"{None if x is None else x.shape}; got {w.shape}.")
+  if g.shape[0] < 2:
+    raise ValueError(f"need at least 2 items to evaluate; got {g.shape[0]}.")
+  return Embeddings(g, x, y, w)
 
 
 def evaluate(
@@ -77,6 +88,7 @@ def evaluate(
     recall_ks: Sequence[int] = (1, 2, 4, 8),
     include_query_in_r: bool = False,
     marginals: str = "cross",
+    mass: float = 1.0,
     with_nmi: bool = True,
     kmeans_iterations: int = 20,
     seed: int = 0,
@@ -110,7 +122,11 @@ def evaluate(
     ks: re-ranking depths ``K`` (0 = global only).
     recall_ks: cut-offs of Recall@k.
     include_query_in_r: the original DIML code's ``R`` (see above).
-    marginals: ``"cross"`` (default) or ``"uniform"`` for the structural matching.
+    marginals: ``"cross"`` (default), ``"uniform"``, or ``"weights"`` (the embeddings'
+      part weights) for the structural matching.
+    mass: ``p`` of partial similarity in re-ranking (1: ordinary matching); the
+      structural term is then the mean over the matched parts
+      (:func:`diml_jax.matching.pairwise`).
     with_nmi: compute NMI (k-means is the slowest step on a CPU for many classes).
     kmeans_iterations: Lloyd iterations of k-means.
     seed: seed of the k-means++ seeding.
@@ -128,13 +144,20 @@ def evaluate(
     [0, 1]); ``"nmi"`` (or ``None``); ``"items"``, ``"classes"``, ``"seconds"`` per
     stage, and ``"settings"``.
   """
-  g, x, labels = _check(embeddings)
+  g, x, labels, weights = _check(embeddings)
   ks = sorted({int(k) for k in ks})
   if not ks or ks[0] < 0:
     raise ValueError(f"ks must be non-empty and >= 0; got {ks}.")
+  if x is None and ks[-1] > 0:
+    raise ValueError(f"re-ranking (ks={ks}) needs local features, and these embeddings "
+                     f"have none: evaluate with ks=(0,).")
+  if marginals == "weights":
+    if weights is None:
+      raise ValueError("marginals='weights' needs Embeddings.weights (part weights [n, r]).")
+    marginals = (weights, weights)
   if not recall_ks or min(recall_ks) < 1:
     raise ValueError(f"recall_ks must be non-empty and >= 1; got {recall_ks}.")
-  n, classes = x.shape[0], len(np.unique(labels))
+  n, classes = g.shape[0], len(np.unique(labels))
   relevant = metrics.num_relevant(labels, include_query_in_r=include_query_in_r)
   # Ranked positions the metrics read, and those re-ranking needs; the query is never
   # retrieved, so at most n - 1 of either.
@@ -150,8 +173,8 @@ def evaluate(
   seconds["global_ranking"] = time.perf_counter() - t
 
   t = time.perf_counter()
-  scores = retrieval.rerank_scores(
-      x, g, x, g, neighbours.indices[:, :kmax], marginals=marginals,
+  scores = np.zeros((n, 0), np.float32) if kmax == 0 else retrieval.rerank_scores(
+      x, g, x, g, neighbours.indices[:, :kmax], marginals=marginals, mass=mass,
       chunk_per_device=rerank_chunk_per_device, devices=devices, progress=progress,
       **sinkhorn_options,
   )
@@ -189,7 +212,8 @@ def evaluate(
       "seconds": seconds,
       "settings": {
           "ks": ks, "recall_ks": list(recall_ks), "include_query_in_r": include_query_in_r,
-          "marginals": marginals, "with_nmi": with_nmi, "kmeans_iterations": kmeans_iterations,
+          "marginals": marginals if isinstance(marginals, str) else "weights",
+          "mass": mass, "with_nmi": with_nmi, "kmeans_iterations": kmeans_iterations,
           "seed": seed, "sinkhorn_options": dict(sinkhorn_options),
       },
   }
@@ -239,14 +263,15 @@ def write_results(results: dict[str, Any], workdir: str) -> tuple[str, str]:
 
 def save_embeddings(path: str, embeddings: Embeddings) -> None:
   """Saves :class:`Embeddings` to an ``.npz`` file (uncompressed: fast to reload)."""
-  g, x, y = _check(embeddings)
-  np.savez(path, global_=g, local=x, labels=y)
+  arrays = {k: v for k, v in _check(embeddings)._asdict().items() if v is not None}
+  np.savez(path, **arrays)
 
 
 def load_embeddings(path: str) -> Embeddings:
   """Loads :class:`Embeddings` saved by :func:`save_embeddings`."""
   with np.load(path) as f:
-    missing = {"global_", "local", "labels"} - set(f.files)
+    missing = {"global_", "labels"} - set(f.files)
     if missing:
       raise ValueError(f"{path} is not an embeddings cache: missing {sorted(missing)}.")
-    return _check(Embeddings(f["global_"], f["local"], f["labels"]))
+    get = lambda name: f[name] if name in f.files else None
+    return _check(Embeddings(f["global_"], get("local"), f["labels"], get("weights")))

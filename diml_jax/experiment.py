@@ -30,9 +30,19 @@ BACKBONES = {
     "resnet_tiny": models.ResNetTiny,
     "efficientnet_lite0": models.EfficientNetLite0,
     "efficientnet_lite_tiny": models.EfficientNetLiteTiny,
+    "vit_s16": models.ViTS16,
+    "vit_b16": models.ViTB16,
+    "vit_tiny": models.ViTTiny,
 }
-# Backbones whose ImageNet weights imagenet_variables() can provide.
+# Vision Transformers: no batch norm; their attention gives DIML's rollout marginals.
+VITS = ("vit_s16", "vit_b16", "vit_tiny")
+# Backbones whose ImageNet weights imagenet_variables() can provide; any backbone loads
+# a weight file given as config.model.weights (timm/DeiT state dicts for the ViTs).
 PRETRAINED = ("resnet50", "efficientnet_lite0")
+# Classifier keys of weight files, left out (the models have no classifier).
+_CLASSIFIERS = {"vit": ("head.",), "cnn": ("fc.", "_fc.")}
+HEADS = ("embedding", "grouping")
+MARGINALS = ("cross", "uniform", "rollout")
 LOSSES = ("margin", "multisimilarity", "proxyanchor", "triplet", "contrastive")
 DIML_LOSSES = ("margin", "multisimilarity", "triplet", "contrastive")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -50,24 +60,85 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _one_of("data.source", config.data.source, ("files", "tfds"))
   if config.data.fallback:
     _one_of("data.fallback", config.data.fallback, data.NAMES)
-  _one_of("model.backbone", config.model.backbone, BACKBONES)
-  if config.model.pretrained and config.model.backbone not in PRETRAINED:
+  model, loss = config.model, config.loss
+  _one_of("model.backbone", model.backbone, BACKBONES)
+  vit = model.backbone in VITS
+  if model.weights and not model.pretrained:
+    raise ValueError(
+        f"config.model.weights={model.weights!r} is set but config.model.pretrained=False: "
+        f"set --config.model.pretrained=True to load it, or --config.model.weights=''.")
+  if model.weights and not os.path.exists(model.weights):
+    raise ValueError(f"config.model.weights={model.weights!r}: no such file.")
+  if model.pretrained and not model.weights and model.backbone not in PRETRAINED:
+    hint = ("a timm/DeiT state dict, e.g. --config.model.weights=/path/to/"
+            "deit_small_patch16_224-cd65a155.pth --config.model.weights_key=model" if vit
+            else "a weight file with --config.model.weights=PATH")
     raise ValueError(
         f"config.model.pretrained=True, but ImageNet weights are provided for "
-        f"{PRETRAINED} only, not {config.model.backbone!r}: set --config.model.pretrained=False."
+        f"{PRETRAINED} only, not {model.backbone!r}: give {hint}, or set "
+        f"--config.model.pretrained=False."
     )
-  _one_of("model.compute_dtype", config.model.compute_dtype, DTYPES)
-  _one_of("model.global_from", config.model.global_from, ("feature_map", "grid"))
-  if not 1 <= config.model.grid_size <= 7:
-    raise ValueError(f"config.model.grid_size={config.model.grid_size} must be in 1..7.")
-  _one_of("loss.name", config.loss.name, LOSSES)
-  if config.loss.diml and config.loss.name not in DIML_LOSSES:
+  _one_of("model.compute_dtype", model.compute_dtype, DTYPES)
+  _one_of("model.global_from", model.global_from, ("feature_map", "grid"))
+  if not 1 <= model.grid_size <= 7:
+    raise ValueError(f"config.model.grid_size={model.grid_size} must be in 1..7.")
+  if vit:
+    depth = BACKBONES[model.backbone].keywords["depth"]
+    if not (isinstance(model.rollout_blocks, int) and 0 <= model.rollout_blocks <= depth):
+      raise ValueError(
+          f"config.model.rollout_blocks={model.rollout_blocks!r} must be an integer in "
+          f"0..{depth} (the last L blocks of {model.backbone} in the attention rollout; "
+          f"0 = all).")
+    if config.data.image_size % 16:
+      raise ValueError(
+          f"config.data.image_size={config.data.image_size} must be a multiple of 16, the "
+          f"patch size of {model.backbone}.")
+  elif model.rollout_blocks:
     raise ValueError(
-        f"config.loss.diml=True needs a pairwise loss {DIML_LOSSES}; {config.loss.name!r} "
+        f"config.model.rollout_blocks={model.rollout_blocks} applies to ViT backbones "
+        f"{VITS} only, not {model.backbone!r}: set --config.model.rollout_blocks=0.")
+  _one_of("model.head", model.head, HEADS)
+  _one_of("loss.name", loss.name, LOSSES)
+  if loss.diml and loss.name not in DIML_LOSSES:
+    raise ValueError(
+        f"config.loss.diml=True needs a pairwise loss {DIML_LOSSES}; {loss.name!r} "
         f"compares images with class proxies. Train it with diml=False and evaluate with "
         f"structural re-ranking (test-time DIML)."
     )
-  _one_of("loss.marginals", config.loss.marginals, ("cross", "uniform"))
+  _one_of("loss.marginals", loss.marginals, MARGINALS)
+  if loss.marginals == "rollout" and not vit:
+    raise ValueError(
+        f"config.loss.marginals='rollout' weighs the parts by a ViT's attention rollout; "
+        f"{model.backbone!r} has no attention: choose a backbone of {VITS} or "
+        f"--config.loss.marginals=cross.")
+  mass = loss.partial_mass
+  if isinstance(mass, bool) or not isinstance(mass, (int, float)) or not 0 < mass <= 1:
+    raise ValueError(
+        f"config.loss.partial_mass={mass!r} must be a number in (0, 1]: the fraction p of "
+        f"each image's part weight that is matched (1 = ordinary matching).")
+  if not loss.diversity_weight >= 0:
+    raise ValueError(f"config.loss.diversity_weight={loss.diversity_weight} must be >= 0.")
+  if model.head == "grouping":
+    if not 1 <= model.num_groups <= model.embed_dim:
+      raise ValueError(
+          f"config.model.num_groups={model.num_groups} must be in 1..embed_dim "
+          f"({model.embed_dim}): each group gets embed_dim // num_groups dimensions.")
+    if loss.diml:
+      raise ValueError(
+          "config.loss.diml=True matches parts, and the grouping head (model.head="
+          "'grouping') has none: its metric loss runs on each group's embedding. Set "
+          "--config.loss.diml=False.")
+    if max(config.eval.ks) > 0:
+      raise ValueError(
+          f"config.eval.ks={tuple(config.eval.ks)} re-ranks with parts, which the grouping "
+          f"head has not: set --config.eval.ks='(0,)'.")
+    if loss.marginals == "rollout":
+      raise ValueError("config.loss.marginals='rollout' needs model.head='embedding'.")
+  elif loss.diversity_weight:
+    raise ValueError(
+        f"config.loss.diversity_weight={loss.diversity_weight} is DGML's, for "
+        f"model.head='grouping' only: set --config.model.head=grouping or "
+        f"--config.loss.diversity_weight=0.")
   if config.batch_size % config.images_per_class:
     raise ValueError(
         f"config.batch_size={config.batch_size} must be a multiple of "
@@ -128,17 +199,45 @@ def _per_class(labels: np.ndarray, limit: int) -> np.ndarray:
   return np.sort(order[rank < limit])
 
 
-def build_model(config: ml_collections.ConfigDict) -> models.EmbeddingModel:
-  backbone = BACKBONES[config.model.backbone](
-      frozen_bn=config.model.frozen_bn, dtype=DTYPES[config.model.compute_dtype]
-  )
+def build_model(config: ml_collections.ConfigDict
+                ) -> models.EmbeddingModel | models.GroupingModel:
+  """The configured backbone with its head: DIML's embedding head or DGML's grouping."""
+  c = config.model
+  dtype = DTYPES[c.compute_dtype]
+  if c.backbone in VITS:  # no batch norm
+    backbone = BACKBONES[c.backbone](dtype=dtype)
+  else:
+    backbone = BACKBONES[c.backbone](frozen_bn=c.frozen_bn, dtype=dtype)
+  if c.head == "grouping":
+    return models.GroupingModel(
+        backbone=backbone, num_groups=c.num_groups, group_dim=c.embed_dim // c.num_groups,
+        freeze_backbone=c.freeze_backbone)
   return models.EmbeddingModel(
-      backbone=backbone, embed_dim=config.model.embed_dim, grid_size=config.model.grid_size,
-      global_from=config.model.global_from, freeze_backbone=config.model.freeze_backbone,
+      backbone=backbone, embed_dim=c.embed_dim, grid_size=c.grid_size,
+      global_from=c.global_from, freeze_backbone=c.freeze_backbone,
+      rollout_blocks=c.rollout_blocks or None,
   )
 
 
-def normalization(model: models.EmbeddingModel) -> data.Normalization:
+def embedding_dim(config: ml_collections.ConfigDict) -> int:
+  """Size of the vectors the metric loss compares (each group's, for DGML)."""
+  if config.model.head == "grouping":
+    return config.model.embed_dim // config.model.num_groups
+  return config.model.embed_dim
+
+
+def pretrained_backbone(config: ml_collections.ConfigDict, backbone) -> dict:
+  """The backbone's variables from ``config.model.weights``, or its ImageNet weights."""
+  if not config.model.weights:
+    return models.imagenet_variables(backbone)
+  state_dict = models.load_state_dict(config.model.weights,
+                                      key=config.model.weights_key or None)
+  if config.model.backbone in VITS:
+    return models.vit_variables(state_dict, backbone, ignore=_CLASSIFIERS["vit"])
+  return models.backbone_variables(state_dict, backbone, ignore=_CLASSIFIERS["cnn"])
+
+
+def normalization(model) -> data.Normalization:
   """The pixel normalisation the backbone was trained with."""
   return data.Normalization(mean=model.backbone.pixel_mean, std=model.backbone.pixel_std)
 
@@ -168,12 +267,15 @@ def init_variables(config: ml_collections.ConfigDict, model: models.EmbeddingMod
   size = config.data.image_size
   variables = jax.jit(model.init)(key_model, jnp.zeros((1, size, size, 3), jnp.float32))
   if pretrained and config.model.pretrained:
-    variables = models.replace_backbone(variables, models.imagenet_variables(model.backbone))
+    variables = models.replace_backbone(variables,
+                                        pretrained_backbone(config, model.backbone))
+  # DGML's groups share the loss's parameters: one criterion applied to each group.
   loss_params = {}
   if config.loss.name == "margin":
     loss_params["beta"] = losses.init_beta(num_classes, config.loss.margin.beta)
   elif config.loss.name == "proxyanchor":
-    loss_params["proxies"] = losses.init_proxies(key_loss, num_classes, config.model.embed_dim)
+    loss_params["proxies"] = losses.init_proxies(key_loss, num_classes,
+                                                 embedding_dim(config))
   params = {"model": variables["params"], "loss": loss_params}
   return params, dict(variables.get("batch_stats", {}))
 

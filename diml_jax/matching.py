@@ -385,7 +385,8 @@ def _sinkhorn_native(data, make, mu, nu, opts: SinkhornOptions):
 
 
 def _blocked(fn, args: Sequence[jax.Array], num: int, block: int):
-  """Maps ``fn`` over blocks of ``block`` along the leading axis (length ``num``) of ``args``.
+  """Maps ``fn`` over blocks of ``block`` along the leading axis (length ``num``) of ``args``
+  (arrays, or pytrees of arrays).
 
   Small blocks keep a block's kernels in cache for all Sinkhorn iterations and let each
   block stop as soon as its own problems have converged.
@@ -394,12 +395,11 @@ def _blocked(fn, args: Sequence[jax.Array], num: int, block: int):
     return fn(*args)
   nblocks = -(-num // block)
   pad = nblocks * block - num
-  padded = [
-      jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(
-          (nblocks, block) + a.shape[1:]
-      )
-      for a in args
-  ]
+  padded = jax.tree.map(
+      lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(
+          (nblocks, block) + a.shape[1:]),
+      list(args),
+  )
   out = jax.lax.map(lambda xs: fn(*xs), padded)
   return jax.tree.map(lambda o: o.reshape((nblocks * block,) + o.shape[2:])[:num], out)
 
@@ -514,8 +514,17 @@ def _local_weights(quantity: Quantity, s: jax.Array) -> jax.Array:
   return _distance(s) if quantity == "distance" else s
 
 
-def _quantity(quantity: Quantity, transported: jax.Array, global_sim: jax.Array) -> jax.Array:
-  """Combines ``sum T ⊙ W`` (``W`` from :func:`_local_weights`) with the global term."""
+def _quantity(quantity: Quantity, transported: jax.Array, global_sim: jax.Array,
+              mass: float = 1.0) -> jax.Array:
+  """Combines ``sum T ⊙ W`` (``W`` from :func:`_local_weights`) with the global term.
+
+  For a partial flow of total ``mass = p < 1`` the structural term is divided by ``p``:
+  the flow-weighted mean over the matched parts, on the scale of a cosine (or of a
+  distance between unit vectors) whatever ``p``, so that the losses' margins and
+  thresholds and the ``structural + global`` re-ranking keep their meaning; ``p = 1``
+  divides by one (exactly the ordinary quantities).
+  """
+  transported = transported / mass
   if quantity == "structural":
     return transported
   if quantity == "similarity":
@@ -526,6 +535,41 @@ def _quantity(quantity: Quantity, transported: jax.Array, global_sim: jax.Array)
 def _inner(a: jax.Array, b: jax.Array) -> jax.Array:
   """``sum_ij a_ij b_ij`` over the last two axes."""
   return jnp.sum(a * b, (-2, -1))
+
+
+def _transported(s, mu, nu, weights, mass: float, opts: SinkhornOptions) -> jax.Array:
+  """``sum T ⊙ weights`` for the flow ``T`` of ``(s, mu, nu)``, or for ``mass < 1`` the
+  partial flow of :mod:`diml_jax.partial`."""
+  if mass == 1.0:
+    return _flat_transported(s, mu, nu, weights, opts)
+  # diml_jax.partial solves its augmented problem with this module's transport, so it is
+  # imported here, not at the top (a cycle).
+  from diml_jax import partial  # pylint: disable=g-import-not-at-top
+  flow, _, _ = partial._partial_flow(s, mu, nu, jnp.asarray(mass, s.dtype), opts._asdict(),
+                                     full=False)
+  return _inner(flow, weights)
+
+
+def _check_mass(mass: Any) -> float:
+  if isinstance(mass, jax.core.Tracer) or not isinstance(mass, (int, float)) or not (
+      0 < mass <= 1):
+    raise ValueError(f"`mass` (the fraction p of mass transported) must be a Python number in"
+                     f" (0, 1]; got {mass!r}.")
+  return float(mass)
+
+
+def _check_weights(marginals: Any, shapes: tuple, layouts: tuple) -> tuple[jax.Array, ...]:
+  """Per-item part weights ``(mu, nu)`` of the exact ``shapes``, or ``()`` for a string."""
+  if _check_kind(marginals) != "given":
+    return ()
+  weights = []
+  for name, m, shape, layout in zip(("mu", "nu"), marginals, shapes, layouts):
+    m = jnp.asarray(m)
+    if m.shape != shape or not jnp.issubdtype(m.dtype, jnp.floating):
+      raise ValueError(f"marginal {name} must be floating-point part weights {layout} ="
+                       f" {shape}; got {m.dtype}{list(m.shape)}.")
+    weights.append(_float32(m))
+  return tuple(weights)
 
 
 def _flat_transport(s, mu, nu, opts: SinkhornOptions):
@@ -583,58 +627,81 @@ def _match_core(x, y, gx, gy, given, *, marginals: str, opts: SinkhornOptions):
   return matching, jnp.broadcast_to(jnp.sum(gx * gy, -1), batch)
 
 
-@functools.partial(jax.jit, static_argnames=("quantity", "marginals", "opts"))
-def _pairwise_core(xs, ys, gxs, gys, *, quantity, marginals, opts: SinkhornOptions):
+def _tile_marginals(marginals, x_gy, y_gx, wx, wy):
+  """``(mu, nu)`` of a tile of pairs ``[..., r1]``, ``[..., r2]``: from the correlations, or
+  from the per-item weights ``wx``/``wy`` (broadcast to the pairs) for ``"given"``."""
+  if marginals == "given":
+    return (_cross_marginal(jnp.broadcast_to(wx, x_gy.shape)),
+            _cross_marginal(jnp.broadcast_to(wy, y_gx.shape)))
+  return _marginal_pair(marginals, x_gy, y_gx)
+
+
+# Weights of "given" marginals travel through the tiles as optional trailing arguments
+# (``*w``: none for "cross" and "uniform").
+@functools.partial(jax.jit, static_argnames=("quantity", "marginals", "mass", "opts"))
+def _pairwise_core(xs, ys, gxs, gys, weights, *, quantity, marginals, mass,
+                   opts: SinkhornOptions):
   xs, gxs = _prepare(xs, gxs)
   ys, gys = _prepare(ys, gys)
   n, m = xs.shape[0], ys.shape[0]
   cols = min(m, opts.block_size)
   rows = max(1, opts.block_size // cols)
+  wxs, wys = ((weights[0],), (weights[1],)) if weights else ((), ())
 
-  def tile(xa, ga, yb, gb):  # [q, r1, c], [q, c], [k, r2, c], [k, c] -> [q, k]
+  def tile(xa, ga, wa, yb, gb, wb):  # [q, r1, c], [q, c], [k, r2, c], [k, c] -> [q, k]
     s = jnp.einsum("arc,bsc->abrs", xa, yb)
     # <y_j, g_a> as [b, s, a] (the large operand yb on the left, as the product for S
     # has it), so that yb is not transposed in every tile.
     y_ga = jnp.einsum("bsc,ac->bsa", yb, ga).transpose(2, 0, 1)
-    mu, nu = _marginal_pair(marginals, jnp.einsum("arc,bc->abr", xa, gb), y_ga)
-    total = _flat_transported(s, mu, nu, _local_weights(quantity, s), opts)
-    return _quantity(quantity, total, ga @ gb.T)
+    mu, nu = _tile_marginals(
+        marginals, jnp.einsum("arc,bc->abr", xa, gb), y_ga,
+        wa[0][:, None] if wa else None, wb[0][None] if wb else None,
+    )
+    total = _transported(s, mu, nu, _local_weights(quantity, s), mass, opts)
+    return _quantity(quantity, total, ga @ gb.T, mass)
 
-  def row_tile(xa, ga):  # [q, r1, c], [q, c] -> [q, m]
-    return _blocked(lambda yb, gb: tile(xa, ga, yb, gb).T, (ys, gys), m, cols).T
+  def row_tile(xa, ga, *wa):  # [q, r1, c], [q, c] -> [q, m]
+    return _blocked(lambda yb, gb, *wb: tile(xa, ga, wa, yb, gb, wb).T, (ys, gys, *wys),
+                    m, cols).T
 
-  return _blocked(row_tile, (xs, gxs), n, rows)
+  return _blocked(row_tile, (xs, gxs, *wxs), n, rows)
 
 
-@functools.partial(jax.jit, static_argnames=("quantity", "marginals", "opts"))
-def _rerank_core(queries, candidates, gq, gc, indices, *, quantity, marginals, opts):
+@functools.partial(jax.jit, static_argnames=("quantity", "marginals", "mass", "opts"))
+def _rerank_core(queries, candidates, gq, gc, indices, weights, *, quantity, marginals, mass,
+                 opts):
   queries, gq = _prepare(queries, gq)
-  # Candidates are normalised (and, with indices, gathered from the gallery) tile by
-  # tile: each tile's features are read once from memory and then stay in cache.
+  wq, wc = weights if weights else (None, None)
+  # Candidates are normalised (and, with indices, gathered from the gallery, with their
+  # weights) tile by tile: each tile's features are read once from memory and then stay
+  # in cache. ``per_query`` holds what is split into tiles along with the queries.
   if indices is None:
-    per_query = (candidates,) if gc is None else (candidates, gc)
-    k = candidates.shape[1]
+    per_query = {"candidates": candidates, "gc": gc, "wc": wc}
   else:
-    per_query = (indices,)
-    k = indices.shape[1]
+    per_query = {"indices": indices}
+  per_query["wq"] = wq
+  per_query = {name: a for name, a in per_query.items() if a is not None}
+  k = (candidates if indices is None else indices).shape[1]
 
-  def tile(xq, gxq, *candidates_of_tile):  # [t, r1, c], [t, c], ... -> [t, k]
-    if indices is None:  # [t, k, r2, c] and [t, k, c] if given
-      yc, gyc = _prepare(candidates_of_tile[0], (*candidates_of_tile[1:], None)[0])
+  def tile(xq, gxq, t):  # [t, r1, c], [t, c], this tile's per_query -> [t, k]
+    if indices is None:  # [t, k, r2, c], [t, k, c] and [t, k, r2] if given
+      yc, gyc = _prepare(t["candidates"], t.get("gc"))
+      wyc = t.get("wc")
     else:
-      idx = candidates_of_tile[0]
+      idx = t["indices"]
       yc, gyc = _prepare(candidates[idx], None if gc is None else gc[idx])
+      wyc = None if wc is None else wc[idx]
     s = jnp.einsum("qrc,qksc->qkrs", xq, yc)
-    mu, nu = _marginal_pair(
+    mu, nu = _tile_marginals(
         marginals,
         jnp.einsum("qrc,qkc->qkr", xq, gyc), jnp.einsum("qksc,qc->qks", yc, gxq),
+        t["wq"][:, None] if wq is not None else None, wyc,
     )
-    total = _flat_transported(s, mu, nu, _local_weights(quantity, s), opts)
-    return _quantity(quantity, total, jnp.einsum("qc,qkc->qk", gxq, gyc))
+    total = _transported(s, mu, nu, _local_weights(quantity, s), mass, opts)
+    return _quantity(quantity, total, jnp.einsum("qc,qkc->qk", gxq, gyc), mass)
 
-  return _blocked(
-      tile, (queries, gq, *per_query), queries.shape[0], max(1, opts.block_size // k)
-  )
+  return _blocked(tile, (queries, gq, per_query), queries.shape[0],
+                  max(1, opts.block_size // k))
 
 
 # --------------------------------------------------------------------------------------
@@ -861,7 +928,8 @@ def pairwise(
     gys: jax.Array | None = None,
     *,
     quantity: Quantity = "structural",
-    marginals: Literal["cross", "uniform"] = "cross",
+    marginals: Marginals = "cross",
+    mass: float = 1.0,
     **options,
 ) -> jax.Array:
   """One DIML quantity for every pair of two sets: ``xs [n, r1, c]``, ``ys [m, r2, c]`` -> ``[n, m]``.
@@ -876,7 +944,14 @@ def pairwise(
     gys: global vectors ``[m, c]`` (default: mean of the local vectors).
     quantity: ``"structural"`` (``sum T ⊙ S``), ``"similarity"`` (its mean with the
       global cosine) or ``"distance"`` (see :func:`diml_distance`).
-    marginals: ``"cross"`` or ``"uniform"``.
+    marginals: ``"cross"``, ``"uniform"``, or each item's part weights
+      ``(mu [n, r1], nu [m, r2])`` (non-negative, normalised here), e.g. a ViT's
+      truncated attention rollout pooled to the grid: pair ``(a, b)`` is matched with
+      marginals ``mu[a]`` and ``nu[b]``.
+    mass: ``p`` in ``(0, 1]``: the partial flow of :func:`diml_jax.partial.partial_match`
+      moves only ``p`` of the weight, and the structural terms are divided by ``p``
+      (``partial_match(...).similarity / p``: the mean over the matched parts). 1 is
+      ordinary matching.
     **options: Sinkhorn options of :func:`match`.
 
   Returns:
@@ -889,13 +964,13 @@ def pairwise(
         f"pairwise needs xs [n, r1, c] and ys [m, r2, c] with the same c; got xs "
         f"{xs.shape} and ys {ys.shape}."
     )
-  if _check_kind(marginals) == "given":
-    raise ValueError("pairwise takes marginals 'cross' or 'uniform'; use match for arrays.")
+  weights = _check_weights(marginals, (xs.shape[:2], ys.shape[:2]), ("[n, r1]", "[m, r2]"))
   return _pairwise_core(
       xs, ys,
       _check_globals("gxs", gxs, xs.shape[:1] + xs.shape[-1:]),
-      _check_globals("gys", gys, ys.shape[:1] + ys.shape[-1:]),
-      quantity=_check_quantity(quantity), marginals=marginals, opts=opts,
+      _check_globals("gys", gys, ys.shape[:1] + ys.shape[-1:]), weights,
+      quantity=_check_quantity(quantity), marginals=_check_kind(marginals),
+      mass=_check_mass(mass), opts=opts,
   )
 
 
@@ -907,7 +982,8 @@ def rerank(
     *,
     indices: jax.Array | None = None,
     quantity: Quantity = "structural",
-    marginals: Literal["cross", "uniform"] = "cross",
+    marginals: Marginals = "cross",
+    mass: float = 1.0,
     **options,
 ) -> jax.Array:
   """One DIML quantity between each query and its own candidates -> ``[q, k]``.
@@ -931,7 +1007,10 @@ def rerank(
       the local vectors).
     indices: gallery indices of each query's candidates ``[q, k]`` int, or ``None``.
     quantity: as in :func:`pairwise`.
-    marginals: ``"cross"`` or ``"uniform"``.
+    marginals: ``"cross"``, ``"uniform"``, or part weights ``(mu [q, r1], nu [q, k, r2])``
+      of the queries and of their candidates (with ``indices``: ``nu [n, r2]``, the
+      gallery's); see :func:`pairwise`.
+    mass: ``p``, the partial mass (see :func:`pairwise`).
     **options: Sinkhorn options of :func:`match`.
 
   Returns:
@@ -947,6 +1026,7 @@ def rerank(
           f"and c; got queries {queries.shape} and candidates {candidates.shape}."
       )
     gc_shape = candidates.shape[:2] + candidates.shape[-1:]
+    weight_layouts = (candidates.shape[:3], "[q, k, r2]")
   else:
     candidates = _check_locals("candidates", candidates, "[n, r2, c]")
     indices = jnp.asarray(indices)
@@ -959,11 +1039,13 @@ def rerank(
           f"{candidates.shape} and indices {indices.dtype} {indices.shape}."
       )
     gc_shape = candidates.shape[:1] + candidates.shape[-1:]
-  if _check_kind(marginals) == "given":
-    raise ValueError("rerank takes marginals 'cross' or 'uniform'; use match for arrays.")
+    weight_layouts = (candidates.shape[:2], "[n, r2]")
+  weights = _check_weights(marginals, (queries.shape[:2], weight_layouts[0]),
+                           ("[q, r1]", weight_layouts[1]))
   return _rerank_core(
       queries, candidates,
       _check_globals("gq", gq, queries.shape[:1] + queries.shape[-1:]),
-      _check_globals("gc", gc, gc_shape), indices,
-      quantity=_check_quantity(quantity), marginals=marginals, opts=opts,
+      _check_globals("gc", gc, gc_shape), indices, weights,
+      quantity=_check_quantity(quantity), marginals=_check_kind(marginals),
+      mass=_check_mass(mass), opts=opts,
   )

@@ -115,12 +115,7 @@ class PartialMatching(NamedTuple):
     return self.contributions.sum(-2)
 
 
-def _check_mass(mass: Any) -> float:
-  if isinstance(mass, jax.core.Tracer) or not isinstance(mass, (int, float)) or not (
-      0 < mass <= 1):
-    raise ValueError(f"`mass` (the fraction p of mass transported) must be a Python number in"
-                     f" (0, 1]; got {mass!r}.")
-  return float(mass)
+_check_mass = matching._check_mass  # pylint: disable=protected-access
 
 
 def _check_locals(name: str, x: Any) -> jax.Array:

@@ -273,18 +273,28 @@ def _check_vectors(name: str, x: Any, layout: str = "[n, d]") -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _rerank_fn(mesh: Mesh, marginals: str, options: tuple):
-  def local(ql, qg, candidates, gl, gg):  # one device's queries; gallery replicated
+def _rerank_fn(mesh: Mesh, marginals: str, mass: float, options: tuple):
+  # One device's queries (and with "given" marginals their part weights ``qw``); the
+  # gallery (and its part weights ``gw``) replicated.
+  def local(ql, qg, candidates, *rest):
+    if marginals == "given":
+      qw, gl, gg, gw = rest
+      pair_marginals = (qw, gw)
+    else:
+      gl, gg = rest
+      pair_marginals = marginals
     return matching.rerank(
         ql, gl, qg, gg, indices=candidates, quantity="similarity",
-        marginals=marginals, **dict(options),
+        marginals=pair_marginals, mass=mass, **dict(options),
     )
 
+  per_query = 4 if marginals == "given" else 3
+  shared = 3 if marginals == "given" else 2
   # OTT's Sinkhorn has a lax.cond whose branches differ in shard_map's varying-axis
   # types, so the check is off; every computation here is per device anyway.
   return jax.jit(jax.shard_map(
-      local, mesh=mesh, in_specs=(P(_AXIS),) * 3 + (P(), P()), out_specs=P(_AXIS),
-      check_vma=False,
+      local, mesh=mesh, in_specs=(P(_AXIS),) * per_query + (P(),) * shared,
+      out_specs=P(_AXIS), check_vma=False,
   ))
 
 
@@ -295,7 +305,8 @@ def rerank_scores(
     gallery_global: Any,
     candidates: Any,
     *,
-    marginals: str = "cross",
+    marginals: str | tuple[Any, Any] = "cross",
+    mass: float = 1.0,
     chunk_per_device: int | None = None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = False,
@@ -316,7 +327,11 @@ def rerank_scores(
     gallery_local: local features of the gallery ``[n, r, c]``.
     gallery_global: global vectors of the gallery ``[n, c]``.
     candidates: gallery indices to score for each query ``[q, k]`` int.
-    marginals: ``"cross"`` (default) or ``"uniform"``.
+    marginals: ``"cross"`` (default), ``"uniform"``, or part weights ``(query weights
+      [q, r], gallery weights [n, r])``, e.g. ViT attention rollouts pooled to the grid
+      (:func:`diml_jax.matching.rerank`).
+    mass: ``p`` of partial similarity; the structural term is then the mean over the
+      matched parts (:func:`diml_jax.matching.pairwise`). 1: ordinary matching.
     chunk_per_device: queries per device and step; default 16 on CPU, 128 on
       accelerators.
     devices: devices to split each chunk over; default all local devices.
@@ -346,16 +361,28 @@ def rerank_scores(
     )
   if candidates.size and not 0 <= candidates.min() <= candidates.max() < n:
     raise ValueError(f"candidates must be gallery indices in [0, {n}).")
+  per_query_weights, gallery_weights = [], []
+  if not isinstance(marginals, str):
+    if not (isinstance(marginals, tuple) and len(marginals) == 2):
+      raise ValueError("marginals must be 'cross', 'uniform' or a pair (query weights "
+                       "[q, r], gallery weights [n, r]).")
+    qw = _check_vectors("query weights", marginals[0], "[q, r]")
+    gw = _check_vectors("gallery weights", marginals[1], "[n, r]")
+    if qw.shape != ql.shape[:2] or gw.shape != gl.shape[:2]:
+      raise ValueError(f"part weights must be [q, r] = {ql.shape[:2]} and [n, r] = "
+                       f"{gl.shape[:2]}; got {qw.shape} and {gw.shape}.")
+    per_query_weights, gallery_weights = [qw.astype(np.float32)], [gw.astype(np.float32)]
   if candidates.shape[1] == 0:
     return np.zeros((q, 0), np.float32)
   mesh = _mesh(devices)
   replicated = NamedSharding(mesh, P())
-  fn = _rerank_fn(mesh, marginals, tuple(sorted(sinkhorn_options.items())))
+  fn = _rerank_fn(mesh, "given" if per_query_weights else marginals,
+                  matching._check_mass(mass), tuple(sorted(sinkhorn_options.items())))
   return _chunked(
       fn, [ql.astype(np.float32, copy=False), qg.astype(np.float32, copy=False),
-           candidates.astype(np.int32)],
-      [jax.device_put(gl.astype(np.float32, copy=False), replicated),
-       jax.device_put(gg.astype(np.float32, copy=False), replicated)],
+           candidates.astype(np.int32), *per_query_weights],
+      [jax.device_put(a.astype(np.float32, copy=False), replicated)
+       for a in (gl, gg, *gallery_weights)],
       mesh=mesh, chunk_size=_chunk_size(chunk_per_device, q, mesh, cpu=16, accelerator=128),
       progress=progress, desc="structural re-ranking",
   )

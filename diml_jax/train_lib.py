@@ -1,8 +1,9 @@
 """Training: one readable function, data-parallel over any device mesh, preemption-safe.
 
 ``train_and_evaluate(config, workdir)`` trains an embedding model with a metric loss
-(on DIML's structural quantity or on the global embedding), evaluates global and DIML
-re-ranked retrieval every few epochs, and checkpoints with Orbax so that a run killed at
+(on DIML's structural quantity -- for a ViT with attention-rollout marginals and partial
+similarity -- or on the global embedding, or on each of DGML's group embeddings),
+evaluates global and DIML re-ranked retrieval every few epochs, and checkpoints with Orbax so that a run killed at
 any moment continues, with the same ``workdir``, exactly where it left off.
 
 Parallelism: one jitted update over a replicated state and a batch sharded along the
@@ -28,7 +29,7 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tensorboardX import SummaryWriter
 
-from diml_jax import data, eval_lib, evaluation, experiment, losses
+from diml_jax import data, eval_lib, evaluation, experiment, losses, models
 from diml_jax.experiment import DATA_AXIS, TrainState
 
 
@@ -36,33 +37,55 @@ from diml_jax.experiment import DATA_AXIS, TrainState
 # Optimiser and loss, from the config.
 
 
-LossFn = Callable[[Any, jax.Array, jax.Array, jax.Array, jax.Array], losses.LossOutput]
+LossFn = Callable[[Any, jax.Array, dict, jax.Array, jax.Array], losses.LossOutput]
 
 
 def make_loss(config: ml_collections.ConfigDict, mesh: Mesh | None) -> LossFn:
-  """``loss(loss_params, global [b, d], local [b, r, d], labels [b], key) -> LossOutput``."""
-  c = config.loss
-  where = dict(marginals=c.marginals, mesh=mesh, axis_name=DATA_AXIS)
-  sinkhorn = dict(config.sinkhorn)
-  diml = dict(where, sinkhorn=sinkhorn)
+  """``loss(loss_params, embedding [b, e], aux, labels [b], key) -> LossOutput``.
 
-  def distances(global_, local):
+  ``embedding`` and ``aux`` are the model's outputs. With DIML (``loss.diml``) the loss
+  runs on the structural quantity of ``aux["local"]`` ``[b, r, d]``, whose part weights
+  (the transport marginals) are ``loss.marginals``: cross-correlation, uniform, or
+  ``"rollout"``, a ViT's truncated attention rollout ``aux["part_weights"]`` ``[b, r]``;
+  with ``loss.partial_mass`` ``p < 1`` only ``p`` of each image's weight is matched and
+  the structural terms are means over the matched parts
+  (:func:`diml_jax.matching.pairwise`).
+
+  DGML (``model.head="grouping"``): the metric loss runs on each group's embedding
+  ``aux["groups"][:, g]`` (group ``g`` with PRNG key ``jax.random.split(key, k)[g]``, for
+  the margin loss's sampling), one criterion and its parameters shared by the groups, and
+  is averaged over the ``k`` groups, as the reference DGML code does (rather than once
+  on the concatenation); ``loss.diversity_weight`` times
+  :func:`diml_jax.models.diversity_loss` is added. ``active_fraction`` is the groups'
+  mean, ``selected`` their sum.
+  """
+  c = config.loss
+  sinkhorn = dict(config.sinkhorn)
+
+  def where(aux):
+    marginals = aux["part_weights"] if c.marginals == "rollout" else c.marginals
+    return dict(marginals=marginals, mass=c.partial_mass, mesh=mesh, axis_name=DATA_AXIS)
+
+  def distances(global_, aux):
     if c.diml:
-      return losses.structural_matrix(local, global_, quantity="distance", **where, **sinkhorn)
+      return losses.structural_matrix(aux["local"], global_, quantity="distance",
+                                      **where(aux), **sinkhorn)
     return losses.euclidean_distance(global_)
 
-  def loss(loss_params, global_, local, labels, key):
+  def metric(loss_params, global_, aux, labels, key):
     if c.name == "margin":
       kw = dict(margin=c.margin.margin, cutoff=c.margin.cutoff,
                 nonzero_loss_cutoff=c.margin.nonzero_loss_cutoff or None)
       if c.diml:
         return losses.margin_diml(
-            local, labels, loss_params["beta"], key, global_features=global_, **kw, **diml)
+            aux["local"], labels, loss_params["beta"], key, global_features=global_, **kw,
+            **where(aux), sinkhorn=sinkhorn)
       return losses.margin_global(global_, labels, loss_params["beta"], key, **kw)
     if c.name == "multisimilarity":
       if c.diml:
         return losses.multi_similarity_diml(
-            local, labels, global_features=global_, **c.multisimilarity, **diml)
+            aux["local"], labels, global_features=global_, **c.multisimilarity,
+            **where(aux), sinkhorn=sinkhorn)
       return losses.multi_similarity_loss(
           losses.cosine_similarity(global_), labels, **c.multisimilarity)
     if c.name == "proxyanchor":
@@ -70,10 +93,25 @@ def make_loss(config: ml_collections.ConfigDict, mesh: Mesh | None) -> LossFn:
           losses.proxy_similarity(global_, loss_params["proxies"]), labels,
           alpha=c.proxyanchor.alpha, margin=c.proxyanchor.margin)
     if c.name == "triplet":
-      return losses.triplet_loss(distances(global_, local), labels, **c.triplet)
-    return losses.contrastive_loss(distances(global_, local), labels, **c.contrastive)
+      return losses.triplet_loss(distances(global_, aux), labels, **c.triplet)
+    return losses.contrastive_loss(distances(global_, aux), labels, **c.contrastive)
 
-  return loss
+  if config.model.head != "grouping":
+    return metric
+
+  def grouped(loss_params, embedding, aux, labels, key):
+    del embedding  # the concatenation of the groups, for retrieval
+    groups = aux["groups"]  # [b, k, d]
+    keys = jax.random.split(key, groups.shape[1])
+    per_group = jax.vmap(lambda e, k: metric(loss_params, e, {}, labels, k),
+                         in_axes=(1, 0))(groups, keys)
+    diversity = models.diversity_loss(groups)
+    return losses.LossOutput(
+        loss=jnp.mean(per_group.loss) + c.diversity_weight * diversity,
+        active_fraction=jnp.mean(per_group.active_fraction),
+        selected=jnp.sum(per_group.selected))
+
+  return grouped
 
 
 # --------------------------------------------------------------------------------------
@@ -98,7 +136,7 @@ def make_train_step(model, loss_fn: LossFn, tx: optax.GradientTransformation, me
       (global_, aux), updates = model.apply(
           variables, batch["image"], train=True, mutable=["batch_stats"]
       )
-      out = loss_fn(params["loss"], global_, aux["local"], batch["label"], key)
+      out = loss_fn(params["loss"], global_, aux, batch["label"], key)
       return out.loss, (updates.get("batch_stats", state.batch_stats), out)
 
     (loss, (batch_stats, out)), grads = jax.value_and_grad(loss_of, has_aux=True)(

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from diml_jax import evaluation, matching
+from diml_jax import evaluation, matching, partial
 
 
 def brute_evaluate(g, labels, reorder=None, include_query_in_r=False, recall_ks=(1, 2, 4, 8)):
@@ -130,3 +130,47 @@ def test_evaluate_rejects_bad_embeddings(tmp_path):
   np.savez(tmp_path / "other.npz", a=g)
   with pytest.raises(ValueError, match="not an embeddings cache"):
     evaluation.load_embeddings(str(tmp_path / "other.npz"))
+
+
+def test_part_weights_and_partial_mass_rerank_as_partial_matching(tmp_path):
+  """marginals="weights" with mass p: the first K re-sorted by partial_match's similarity
+  (with the embeddings' part weights as marginals) / p + global, pair by pair; the
+  weights survive the cache."""
+  rng = np.random.default_rng(6)
+  n, r, c, p, k = 24, 4, 8, 0.5, 5
+  labels = rng.integers(0, 6, n)
+  proto = rng.normal(size=(6, r, c))
+  x = (proto[labels] + 1.5 * rng.normal(size=(n, r, c))).astype(np.float32)
+  g = (x.mean(1) + rng.normal(size=(n, c))).astype(np.float32)
+  w = rng.uniform(size=(n, r)).astype(np.float32)
+  gn = g / np.linalg.norm(g, axis=1, keepdims=True)
+  evaluation.save_embeddings(str(tmp_path / "emb.npz"), evaluation.Embeddings(g, x, labels, w))
+  emb = evaluation.load_embeddings(str(tmp_path / "emb.npz"))
+  np.testing.assert_array_equal(emb.weights, w)
+  res = evaluation.evaluate(emb, ks=(0, k), marginals="weights", mass=p, with_nmi=False,
+                            progress=False)
+
+  def reorder(i, ranked):
+    total = {j: float(partial.partial_match(x[i], x[j], g[i], g[j], mass=p,
+                                            marginals=(w[i], w[j])).similarity) / p
+             + float(gn[i] @ gn[j]) for j in ranked[:k]}
+    return sorted(ranked[:k], key=lambda j: -total[j]) + ranked[k:]
+
+  assert_metrics_equal(res["metrics"][str(k)], brute_evaluate(g, labels, reorder))
+  assert res["settings"]["marginals"] == "weights" and res["settings"]["mass"] == p
+  with pytest.raises(ValueError, match="needs Embeddings.weights"):
+    evaluation.evaluate(evaluation.Embeddings(g, x, labels), ks=(0, k), marginals="weights")
+
+
+def test_embeddings_without_parts_rank_globally_only(tmp_path):
+  """A model without parts (DGML) stores no local features; re-ranking is refused."""
+  emb = _tied_split(2, n=30)
+  flat = evaluation.Embeddings(emb.global_, None, emb.labels)
+  evaluation.save_embeddings(str(tmp_path / "emb.npz"), flat)
+  loaded = evaluation.load_embeddings(str(tmp_path / "emb.npz"))
+  assert loaded.local is None and loaded.weights is None
+  res = evaluation.evaluate(loaded, ks=(0,), with_nmi=False, progress=False)
+  assert res["metrics"]["0"] == evaluation.evaluate(emb, ks=(0,), with_nmi=False,
+                                                    progress=False)["metrics"]["0"]
+  with pytest.raises(ValueError, match=r"needs local features.*ks=\(0,\)"):
+    evaluation.evaluate(loaded, ks=(0, 5), progress=False)

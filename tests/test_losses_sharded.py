@@ -38,6 +38,17 @@ def all_losses(x, beta, proxies, proxy_parts, mesh):
       losses.proxy_anchor_loss(losses.structural_matrix(
           x, y=proxy_parts, quantity="similarity", **shard), labels),
   ]
+  # Part weights (as a ViT's rollout gives) and partial similarity: the weights are split
+  # and gathered with the parts.
+  w, w_proxy = jax.nn.sigmoid(x[..., 0]), jax.nn.sigmoid(proxy_parts[..., 0])
+  weighted = dict(marginals=w, mass=0.6, **shard)
+  values += [
+      losses.margin_diml(x, labels, beta, key, **weighted),
+      losses.multi_similarity_diml(x, labels, **weighted),
+      losses.proxy_anchor_loss(losses.structural_matrix(
+          x, y=proxy_parts, quantity="similarity", marginals=(w, w_proxy), mass=0.6,
+          **shard), labels),
+  ]
   return jnp.stack([v.loss for v in values])
 
 

@@ -194,3 +194,30 @@ def test_bad_shapes_and_options_raise_value_error():
   for call, message in cases:
     with pytest.raises(ValueError, match=message):
       call()
+
+
+def test_pairwise_and_rerank_with_part_weights_equal_partial_match():
+  """matching.pairwise / rerank with per-item part weights and mass p (what the losses and
+  re-ranking use) equal partial_match pair by pair: the structural term divided by p."""
+  rng = np.random.default_rng(5)
+  xs, ys = shared_parts(6, r1=5, r2=7, batch=(4,))
+  wx, wy = rng.uniform(size=(4, 5)), rng.uniform(size=(4, 7))
+  wx[1] = 0.0  # an image without weight: uniform, as match does
+  cand = np.array([[0, 1, 3], [2, 2, 0], [3, 1, 0], [1, 0, 2]])
+  gx, gy = unit(unit(xs).mean(1)), unit(unit(ys).mean(1))
+  for p in (0.4, 1.0):
+    expected = np.zeros((4, 4))
+    for a in range(4):
+      for b in range(4):
+        m = partial.partial_match(xs[a], ys[b], mass=p, marginals=(wx[a], wy[b]))
+        expected[a, b] = (float(m.similarity) / p + gx[a] @ gy[b]) / 2
+    got = matching.pairwise(xs, ys, quantity="similarity", marginals=(wx, wy), mass=p,
+                            block_size=3)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    got = matching.rerank(xs, ys[cand], quantity="similarity", marginals=(wx, wy[cand]),
+                          mass=p, block_size=5)
+    np.testing.assert_allclose(got, np.take_along_axis(expected, cand, 1), atol=1e-6)
+  with pytest.raises(ValueError, match=r"marginal nu must be floating-point part weights"):
+    matching.pairwise(xs, ys, marginals=(wx, wy[:, :3]))
+  with pytest.raises(ValueError, match="mass"):
+    matching.rerank(xs, ys[cand], mass=1.5)

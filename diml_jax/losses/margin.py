@@ -19,7 +19,7 @@ in its own branch of the parameter pytree and give that branch its own optimiser
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -155,7 +155,8 @@ def margin_diml(
     margin: float = 0.2,
     cutoff: float = 0.5,
     nonzero_loss_cutoff: float | None = None,
-    marginals: Literal["cross", "uniform"] = "cross",
+    marginals: quantities.Marginals = "cross",
+    mass: float = 1.0,
     mesh: Mesh | None = None,
     axis_name: str | tuple[str, ...] = "data",
     sinkhorn: Mapping[str, Any] | None = None,
@@ -184,7 +185,11 @@ def margin_diml(
     margin: see :func:`margin_loss`.
     cutoff: see :func:`miners.distance_weighted`.
     nonzero_loss_cutoff: see :func:`miners.distance_weighted`.
-    marginals: ``"cross"`` (default) or ``"uniform"``, as the published ``use_uniform``.
+    marginals: ``"cross"`` (default) or ``"uniform"`` (the published ``use_uniform``), or
+      each image's part weights ``[b, r]`` (e.g. ViT attention rollout;
+      :func:`quantities.structural_matrix`).
+    mass: ``p`` of partial similarity (1: ordinary matching; see
+      :func:`quantities.structural_matrix`).
     mesh: device mesh to split the matching over (see :mod:`quantities`), or ``None``.
     axis_name: the mesh axis the batch is split along.
     sinkhorn: Sinkhorn options of :func:`matching.match` (e.g.
@@ -203,6 +208,6 @@ def margin_diml(
   picked = _sample(key, g, labels, cutoff, nonzero_loss_cutoff)
   d = quantities.structural_partners(
       local_features, picked.partners, g, quantity="distance", marginals=marginals,
-      mesh=mesh, axis_name=axis_name, **(sinkhorn or {}),
+      mass=mass, mesh=mesh, axis_name=axis_name, **(sinkhorn or {}),
   )
   return margin_loss(d, labels, beta, margin=margin, pairs=picked.pairs)

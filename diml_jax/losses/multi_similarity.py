@@ -100,7 +100,8 @@ def multi_similarity_diml(
     margin: float = 0.1,
     threshold: float = 0.5,
     reduction: Reduction = "complete_anchors",
-    marginals: Literal["cross", "uniform"] = "cross",
+    marginals: quantities.Marginals = "cross",
+    mass: float = 1.0,
     mesh: Mesh | None = None,
     axis_name: str | tuple[str, ...] = "data",
     sinkhorn: Mapping[str, Any] | None = None,
@@ -117,7 +118,10 @@ def multi_similarity_diml(
     global_features: ``[b, c]``; by default the mean of the local features (as published).
     pos_weight, neg_weight, margin, threshold, reduction: see
       :func:`multi_similarity_loss`.
-    marginals: ``"cross"`` (default) or ``"uniform"``.
+    marginals: ``"cross"`` (default) or ``"uniform"``, or each image's part weights
+      ``[b, r]`` (e.g. ViT attention rollout; :func:`quantities.structural_matrix`).
+    mass: ``p`` of partial similarity (1: ordinary matching; see
+      :func:`quantities.structural_matrix`).
     mesh: device mesh to split the matching over, or ``None``.
     axis_name: the mesh axis the batch is split along.
     sinkhorn: Sinkhorn options of :func:`matching.match` (e.g.
@@ -134,7 +138,7 @@ def multi_similarity_diml(
   labels = miners._check_labels(labels, local_features.shape[0])
   s = quantities.structural_matrix(
       local_features, global_features, quantity="similarity", marginals=marginals,
-      mesh=mesh, axis_name=axis_name, **(sinkhorn or {}),
+      mass=mass, mesh=mesh, axis_name=axis_name, **(sinkhorn or {}),
   )
   return multi_similarity_loss(
       s, labels, pos_weight=pos_weight, neg_weight=neg_weight, margin=margin,

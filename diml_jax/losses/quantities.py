@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 Quantity = Literal["structural", "similarity", "distance"]
+# "cross", "uniform", or part weights [b, r] (a pair of them against other part sets).
+Marginals = Literal["cross", "uniform"] | jax.Array | tuple[jax.Array, jax.Array]
 
 # Under the square root of distances, as matching's DIML distance, so identical
 # embeddings have a finite gradient.
@@ -131,6 +133,37 @@ def _devices(mesh: Mesh | None, axis_name, b: int) -> int:
   return n
 
 
+def _check_weights(name: str, w, x: jax.Array) -> jax.Array:
+  """Part weights ``[b, r]`` of local features ``x [b, r, c]``."""
+  w = jnp.asarray(w)
+  if w.shape != x.shape[:2] or not jnp.issubdtype(w.dtype, jnp.floating):
+    raise ValueError(
+        f"{name} must be float part weights {list(x.shape[:2])} for local features "
+        f"{list(x.shape)}; got {w.dtype}{list(w.shape)}."
+    )
+  return w
+
+
+def _marginal_weights(marginals, x: jax.Array, y: jax.Array | None):
+  """``(kind, weights)``: a string kind and no weights, or ``"given"`` and ``(wx, wy)``.
+
+  Part weights are ``[b, r]`` for the batch's own pairs, or a pair ``(wx [b, r], wy [m,
+  r2])`` against other part sets ``y``.
+  """
+  if isinstance(marginals, str):
+    if marginals not in ("cross", "uniform"):
+      raise ValueError(
+          f"marginals must be 'cross', 'uniform' or part weights; got {marginals!r}.")
+    return marginals, None
+  if y is None:
+    return "given", (_check_weights("marginals", marginals, x),)
+  if not (isinstance(marginals, tuple) and len(marginals) == 2):
+    raise ValueError("against other part sets y, marginals must be 'cross', 'uniform' or a "
+                     "pair of part weights (weights of x [b, r], weights of y [m, r2]).")
+  return "given", (_check_weights("marginals[0]", marginals[0], x),
+                   _check_weights("marginals[1]", marginals[1], y))
+
+
 def _shard_map(fn, mesh, in_specs, out_specs):
   # check_vma=False: OTT's Sinkhorn has a lax.cond whose branches differ in their
   # varying-manual-axes types under shard_map, which the checker rejects. Gradients are
@@ -145,7 +178,8 @@ def structural_matrix(
     gy: jax.Array | None = None,
     *,
     quantity: Quantity = "similarity",
-    marginals: Literal["cross", "uniform"] = "cross",
+    marginals: Marginals = "cross",
+    mass: float = 1.0,
     mesh: Mesh | None = None,
     axis_name: str | tuple[str, ...] = "data",
     **options,
@@ -162,7 +196,13 @@ def structural_matrix(
     quantity: ``"similarity"`` (``(sum T⊙S + <g_a, g_b>) / 2``, the multi-similarity
       loss's), ``"distance"`` (``(sum T⊙D + ||g_a - g_b||) / 2``, the margin loss's) or
       ``"structural"`` (``sum T⊙S``); see :func:`matching.pairwise`.
-    marginals: ``"cross"`` (default) or ``"uniform"``.
+    marginals: ``"cross"`` (default), ``"uniform"``, or each image's part weights
+      ``[b, r]`` (e.g. a ViT's truncated attention rollout pooled to the grid; split
+      and gathered with ``x``), or with ``y`` a pair ``(weights of x [b, r], weights of
+      y [m, r2])``.
+    mass: ``p`` in ``(0, 1]``, partial similarity: only ``p`` of the weight is matched
+      and the structural terms are means over the matched parts (see
+      :func:`matching.pairwise`); 1 is ordinary matching.
     mesh: a device mesh to split the rows over, or ``None`` for no explicit sharding.
     axis_name: the mesh axis (or axes) the batch is split along.
     **options: Sinkhorn options of :func:`matching.match`.
@@ -181,19 +221,28 @@ def structural_matrix(
   if not own:
     y = _check_locals("y", y)
     gy = _globals("gy", gy, y)
+  kind, weights = _marginal_weights(marginals, x, y)
+  gather = lambda a: jax.lax.all_gather(a, axis_name, tiled=True) if n > 1 else a
 
-  def rows(xl, gl, *other):
+  def rows(xl, gl, *rest):
     if own:  # every device needs the whole batch as columns
-      yb = jax.lax.all_gather(xl, axis_name, tiled=True) if n > 1 else xl
-      gb = jax.lax.all_gather(gl, axis_name, tiled=True) if n > 1 else gl
+      yb, gb = gather(xl), gather(gl)
+      wl = wb = rest[0] if rest else None
+      wb = None if wb is None else gather(wb)
     else:
-      yb, gb = other
-    return matching.pairwise(xl, yb, gl, gb, quantity=quantity, marginals=marginals, **options)
+      yb, gb, *w = rest
+      wl, wb = w if w else (None, None)
+    pair_marginals = kind if wl is None else (wl, wb)
+    return matching.pairwise(xl, yb, gl, gb, quantity=quantity, marginals=pair_marginals,
+                             mass=mass, **options)
 
   args = (x, g) if own else (x, g, y, gy)
+  specs = (P(axis_name), P(axis_name)) + (() if own else (P(), P()))
+  if weights:
+    args += weights
+    specs += (P(axis_name),) + ((P(),) if len(weights) == 2 else ())
   if mesh is None:
     return rows(*args)
-  specs = (P(axis_name), P(axis_name)) + (() if own else (P(), P()))
   return _shard_map(rows, mesh, specs, P(axis_name, None))(*args)
 
 
@@ -203,7 +252,8 @@ def structural_partners(
     g: jax.Array | None = None,
     *,
     quantity: Quantity = "distance",
-    marginals: Literal["cross", "uniform"] = "cross",
+    marginals: Marginals = "cross",
+    mass: float = 1.0,
     mesh: Mesh | None = None,
     axis_name: str | tuple[str, ...] = "data",
     **options,
@@ -219,7 +269,9 @@ def structural_partners(
     partners: indices into the (global) batch, ``[b, k]`` int.
     g: global vectors ``[b, c]``; by default the mean of the unnormalised local features.
     quantity: ``"distance"`` (default), ``"similarity"`` or ``"structural"``.
-    marginals: ``"cross"`` or ``"uniform"``.
+    marginals: ``"cross"``, ``"uniform"`` or each image's part weights ``[b, r]`` (see
+      :func:`structural_matrix`).
+    mass: ``p``, the partial mass (see :func:`structural_matrix`).
     mesh: a device mesh to split the anchors over, or ``None``.
     axis_name: the mesh axis (or axes) the batch is split along.
     **options: Sinkhorn options of :func:`matching.match`.
@@ -241,15 +293,19 @@ def structural_partners(
         f"{partners.dtype}{list(partners.shape)}."
     )
   n = _devices(mesh, axis_name, x.shape[0])
+  kind, weights = _marginal_weights(marginals, x, None)
+  gather = lambda a: jax.lax.all_gather(a, axis_name, tiled=True) if n > 1 else a
 
-  def rows(xl, gl, pl):
-    xa = jax.lax.all_gather(xl, axis_name, tiled=True) if n > 1 else xl
-    ga = jax.lax.all_gather(gl, axis_name, tiled=True) if n > 1 else gl
+  def rows(xl, gl, pl, *wl):
+    xa, ga = gather(xl), gather(gl)
+    pair_marginals = (wl[0], gather(wl[0])[pl]) if wl else kind
     return matching.rerank(
-        xl, xa[pl], gl, ga[pl], quantity=quantity, marginals=marginals, **options
+        xl, xa[pl], gl, ga[pl], quantity=quantity, marginals=pair_marginals, mass=mass,
+        **options
     )
 
+  args = (x, g, partners) + (weights or ())
   if mesh is None:
-    return rows(x, g, partners)
+    return rows(*args)
   spec = P(axis_name)
-  return _shard_map(rows, mesh, (spec, spec, spec), P(axis_name, None))(x, g, partners)
+  return _shard_map(rows, mesh, (spec,) * len(args), P(axis_name, None))(*args)

@@ -106,11 +106,14 @@ class GroupingModel(nn.Module):
     num_groups: ``k``.
     group_dim: ``d`` per group.
     key_reduction: see :class:`AttentiveGrouping`.
+    freeze_backbone: stop gradients at the backbone's feature map, so only the head
+      trains (as :class:`~diml_jax.models.EmbeddingModel`'s).
   """
   backbone: nn.Module
   num_groups: int = 3
   group_dim: int = 170
   key_reduction: int = 8
+  freeze_backbone: bool = False
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, *, train: bool = False
@@ -133,6 +136,8 @@ class GroupingModel(nn.Module):
     check_images(images)
     pooled, backbone_aux = self.backbone(images, train=train)
     feature_map = backbone_aux["feature_map"]
+    if self.freeze_backbone:
+      pooled, feature_map = jax.lax.stop_gradient((pooled, feature_map))
     groups, attention = AttentiveGrouping(self.num_groups, self.group_dim, self.key_reduction,
                                           name="grouping")(feature_map)
     embedding = groups.reshape(groups.shape[0], -1) / math.sqrt(self.num_groups)

@@ -145,6 +145,9 @@ class EmbeddingModel(nn.Module):
     freeze_backbone: stop gradients at the backbone's outputs, so only the head trains
       and no backward pass runs through the backbone (a cheap fine-tuning regime, used
       by the CPU demo).
+    rollout_blocks: for a backbone that returns attention weights (a ViT), the ``L`` of
+      the truncated attention rollout that gives ``aux["part_weights"]``; ``None``: all
+      blocks.
   """
   backbone: nn.Module
   embed_dim: int = 128
@@ -153,6 +156,7 @@ class EmbeddingModel(nn.Module):
   global_from: Literal["feature_map", "grid"] = "feature_map"
   normalize: bool = True
   freeze_backbone: bool = False
+  rollout_blocks: int | None = None
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, *, train: bool = False
@@ -171,7 +175,11 @@ class EmbeddingModel(nn.Module):
       ``"feature_map"`` ``[b, h, w, c]`` and ``"pooled"`` ``[b, c]`` (the average-pooled
       map), and whatever else the backbone returns in its ``aux`` (a ViT's
       ``"attentions"``). The grid size is not in ``aux``: an int returned from ``jit`` would become an
-      array, while ``self.grid_size`` stays static.
+      array, while ``self.grid_size`` stays static. With attentions, also
+      ``"part_weights"`` ``[b, g * g]``: each cell's share of the class token in the
+      truncated attention rollout over the last ``rollout_blocks`` blocks, pooled to the
+      grid as the local embeddings are (:func:`diml_jax.models.rollout.pool_relevance`):
+      the marginals of DIML's transport problem for ViTs (TPAMI 2023).
     """
     check_images(images)
     if self.global_from not in ("feature_map", "grid"):
@@ -195,4 +203,11 @@ class EmbeddingModel(nn.Module):
       local, global_ = l2_normalize(local), l2_normalize(global_)
     # The backbone's own outputs (e.g. a ViT's "attentions") pass through.
     aux = {**backbone_aux, "local": local, "feature_map": feature_map, "pooled": pooled}
+    if "attentions" in backbone_aux:
+      # rollout pools with this module's grid_pool, so it is imported here (a cycle).
+      from diml_jax.models import rollout  # pylint: disable=g-import-not-at-top
+      relevance = rollout.patch_relevance(backbone_aux["attentions"],
+                                          num_blocks=self.rollout_blocks)
+      aux["part_weights"] = rollout.pool_relevance(
+          relevance.reshape(feature_map.shape[:3]), self.grid_size, resize_to=self.resize_to)
     return global_, aux

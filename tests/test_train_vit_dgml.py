@@ -1,0 +1,329 @@
+"""Training with the two extensions: DIML on a ViT (rollout marginals, partial similarity)
+and DGML's attentive grouping.
+
+Default tier: the losses the training step computes against references written here (a
+float64 NumPy attention rollout and partial_match pair by pair; the per-group losses plus
+a NumPy diversity loss), the weight file reached from the config, and the config checks.
+Slow tier: short training runs of each on the synthetic set, and the ViT step on 8 devices.
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from configs import cub_dgml, cub_vit_diml
+from diml_jax import data, eval_lib, experiment, losses, models, partial, train_lib
+from diml_jax.experiment import TrainState
+from diml_jax.models.head import grid_pool_matrix
+from tests.models.torch_reference import TorchViT
+from tests.test_train import one_step, tiny_config
+
+LABELS = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+MASS = 0.5
+
+
+def vit_config(**overrides):
+  """ViT-tiny + DIML: rollout marginals over the last 2 of 3 blocks, half the mass matched."""
+  return tiny_config(**{
+      "model.backbone": "vit_tiny", "data.image_size": 48, "data.resize_size": 48,
+      "loss.marginals": "rollout", "loss.partial_mass": MASS, "model.rollout_blocks": 2,
+      "model.global_from": "feature_map", **overrides})
+
+
+def dgml_config(**overrides):
+  """DGML on the tiny ResNet: 3 groups of 8 dimensions, diversity weight 0.02."""
+  return tiny_config(**{
+      "model.backbone": "resnet_tiny", "model.head": "grouping", "model.embed_dim": 24,
+      "loss.diml": False, "loss.diversity_weight": 0.02, "eval.ks": (0,),
+      "data.image_size": 32, "data.resize_size": 32, **overrides})
+
+
+def rollout_float64(attentions, last):
+  """Truncated attention rollout, image by image and block by block, in float64: heads
+  averaged, identity added, rows renormalised, the last ``last`` blocks composed; the class
+  token's row over the patches."""
+  blocks = [np.asarray(a, np.float64) for a in attentions][-last:]
+  b, _, n, _ = blocks[0].shape
+  relevance = np.zeros((b, n - 1))
+  for i in range(b):
+    r = np.eye(n)
+    for a in blocks:
+      step = a[i].mean(0) + np.eye(n)
+      step /= step.sum(1, keepdims=True)
+      r = step @ r
+    relevance[i] = r[0, 1:]
+  return relevance
+
+
+@pytest.fixture(scope="module")
+def vit_outputs():
+  """The ViT-tiny embedding model's outputs on 8 random 48 px images (3x3 patches)."""
+  config = vit_config()
+  model = experiment.build_model(config)
+  params, _ = experiment.init_variables(config, model, num_classes=4)
+  images = jax.random.normal(jax.random.key(1), (8, 48, 48, 3))
+  global_, aux = jax.jit(model.apply)({"params": params["model"]}, images)
+  return config, global_, aux
+
+
+def test_vit_part_weights_are_the_truncated_rollout_pooled_to_the_grid(vit_outputs):
+  config, _, aux = vit_outputs
+  relevance = rollout_float64(aux["attentions"], last=2).reshape(8, 3, 3)
+  rows = grid_pool_matrix(3, config.model.grid_size)
+  expected = np.einsum("gh,bhw,kw->bgk", rows, relevance, rows).reshape(8, -1)
+  np.testing.assert_allclose(aux["part_weights"], expected, rtol=1e-5, atol=1e-7)
+  # Truncation matters here: the rollout over all 3 blocks differs.
+  everything = rollout_float64(aux["attentions"], last=3).reshape(8, 3, 3)
+  assert np.abs(np.einsum("gh,bhw,kw->bgk", rows, everything, rows).reshape(8, -1)
+                - expected).max() > 1e-3
+
+
+def _reference_matrices(global_, aux):
+  """DIML similarity and distance of every pair from partial_match with float64-rollout
+  marginals: (sum T*S / p + cos) / 2 and (sum T*D / p + ||g_a - g_b||) / 2."""
+  local = np.asarray(aux["local"])
+  weights = rollout_float64(aux["attentions"], last=2).reshape(8, 3, 3)
+  rows = grid_pool_matrix(3, 4)
+  weights = np.einsum("gh,bhw,kw->bgk", rows, weights, rows).reshape(8, -1)
+  g = np.asarray(global_, np.float64)
+  g /= np.linalg.norm(g, axis=1, keepdims=True)
+  similarity, distance = np.zeros((8, 8)), np.zeros((8, 8))
+  for a in range(8):
+    for b in range(8):
+      m = partial.partial_match(local[a], local[b], global_[a], global_[b], mass=MASS,
+                                marginals=(weights[a], weights[b]))
+      s, flow = np.asarray(m.part_similarity, np.float64), np.asarray(m.flow, np.float64)
+      local_d = np.sqrt(np.maximum(2 - 2 * s, 0) + 1e-8)
+      global_d = np.sqrt(max(2 - 2 * g[a] @ g[b], 0) + 1e-8)
+      similarity[a, b] = (float(m.similarity) / MASS + g[a] @ g[b]) / 2
+      distance[a, b] = ((flow * local_d).sum() / MASS + global_d) / 2
+  return similarity, distance
+
+
+def test_vit_rollout_partial_losses_equal_partial_matching_pair_by_pair(vit_outputs):
+  config, global_, aux = vit_outputs
+  similarity, distance = _reference_matrices(global_, aux)
+  labels = jnp.asarray(LABELS)
+  key = jax.random.key(0)
+  ms = train_lib.make_loss(config, None)({}, global_, aux, labels, key)
+  expected = losses.multi_similarity_loss(jnp.asarray(similarity, jnp.float32), labels,
+                                          **config.loss.multisimilarity)
+  assert float(ms.loss) > 0
+  np.testing.assert_allclose(ms.loss, expected.loss, rtol=1e-4)
+  config.loss.name = "contrastive"
+  contrastive = train_lib.make_loss(config, None)({}, global_, aux, labels, key)
+  expected = losses.contrastive_loss(jnp.asarray(distance, jnp.float32), labels,
+                                     **config.loss.contrastive)
+  assert float(contrastive.loss) > 0
+  np.testing.assert_allclose(contrastive.loss, expected.loss, rtol=1e-4)
+
+
+def diversity_float64(groups, beta1=2.0, beta2=0.5, cost=25.0):
+  """DGML's binomial-deviance diversity: every pair of groups of an image, by the formula."""
+  e = np.asarray(groups, np.float64)
+  e /= np.linalg.norm(e, axis=-1, keepdims=True)
+  b, k, _ = e.shape
+  total = 0.0
+  for i in range(k):
+    for j in range(i + 1, k):
+      cos = np.einsum("bd,bd->b", e[:, i], e[:, j])
+      total += np.mean(np.log1p(np.exp(beta1 * cost * (cos - beta2))))
+  return total / (k - 1)
+
+
+@pytest.mark.parametrize("loss", ["multisimilarity", "margin"])
+def test_dgml_loss_is_the_mean_group_loss_plus_weighted_diversity(loss):
+  config = dgml_config(**{"loss.name": loss})
+  rng = np.random.default_rng(0)
+  groups = rng.normal(size=(8, 3, 8)) + 0.8 * rng.normal(size=(8, 1, 8))  # similar groups
+  groups = jnp.asarray(groups / np.linalg.norm(groups, axis=-1, keepdims=True), jnp.float32)
+  labels, key = jnp.asarray(LABELS), jax.random.key(4)
+  params = {"beta": losses.init_beta(4)} if loss == "margin" else {}
+  out = train_lib.make_loss(config, None)(params, None, {"groups": groups}, labels, key)
+  keys = jax.random.split(key, 3)
+  per_group = []
+  for g in range(3):
+    if loss == "margin":
+      per_group.append(losses.margin_global(groups[:, g], labels, params["beta"], keys[g],
+                                            margin=0.2, cutoff=0.5).loss)
+    else:
+      per_group.append(losses.multi_similarity_loss(
+          losses.cosine_similarity(groups[:, g]), labels, **config.loss.multisimilarity).loss)
+  diversity = diversity_float64(groups)
+  assert diversity > 0.1 and min(per_group) > 0
+  np.testing.assert_allclose(out.loss, np.mean(per_group) + 0.02 * diversity, rtol=1e-5)
+
+
+def test_dgml_model_from_the_config_exposes_groups_and_attention():
+  config = dgml_config()
+  model = experiment.build_model(config)
+  assert isinstance(model, models.GroupingModel) and model.group_dim == 8
+  images = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), images)
+  embedding, aux = jax.eval_shape(model.apply, variables, images)  # shapes only: no compile
+  assert embedding.shape == (2, 24) and aux["groups"].shape == (2, 3, 8)
+  assert aux["group_attention"].shape[:2] == (2, 3)
+  assert set(variables["params"]) == {"backbone", "grouping"}
+
+
+def test_vit_weights_file_is_loaded_from_the_config(tmp_path):
+  """--config.model.weights reaches vit_variables: a DeiT-style .pth (state dict under
+  "model", with a classifier) of a PyTorch twin loads into the backbone key by key."""
+  torch.manual_seed(0)
+  reference = TorchViT(24, 3, 2, 48, 16, 64, 10)
+  state_dict = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+  torch.save({"model": state_dict}, tmp_path / "deit_tiny.pth")
+  config = vit_config(**{"model.pretrained": True,
+                         "model.weights": str(tmp_path / "deit_tiny.pth"),
+                         "model.weights_key": "model"})
+  experiment.check_config(config)
+  model = experiment.build_model(config)
+  params, _ = experiment.init_variables(config, model, num_classes=4)
+  backbone = params["model"]["backbone"]
+  np.testing.assert_array_equal(backbone["cls_token"], state_dict["cls_token"].numpy())
+  np.testing.assert_array_equal(backbone["blocks_2"]["attn"]["qkv"]["kernel"],
+                                state_dict["blocks.2.attn.qkv.weight"].numpy().T)
+  assert "head" not in backbone
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"loss.marginals": "rollout"}, r"'efficientnet_lite_tiny' has no attention"),
+    ({"loss.partial_mass": 0.0}, r"config.loss.partial_mass=0.0 must be a number in \(0, 1\]"),
+    ({"loss.partial_mass": 1.5}, r"config.loss.partial_mass=1.5"),
+    ({"model.rollout_blocks": 2}, r"rollout_blocks=2 applies to ViT backbones"),
+    ({"model.backbone": "vit_tiny", "model.rollout_blocks": 4},
+     r"rollout_blocks=4 must be an integer in 0..3"),
+    ({"model.backbone": "vit_tiny", "data.image_size": 40},
+     r"image_size=40 must be a multiple of 16"),
+    ({"model.backbone": "vit_tiny", "model.pretrained": True},
+     r"--config.model.weights=.*deit_small"),
+    ({"model.pretrained": True, "model.weights": "/nonexistent/w.pth"}, r"no such file"),
+    ({"model.weights": "/nonexistent/w.pth"}, r"pretrained=False: set"),
+    ({"model.head": "groups"}, r"config.model.head='groups' is not one of"),
+    ({"loss.diversity_weight": 0.02}, r"diversity_weight=0.02 is DGML's"),
+    ({"model.head": "grouping", "eval.ks": (0,)}, r"--config.loss.diml=False"),
+    ({"model.head": "grouping", "loss.diml": False}, r"--config.eval.ks='\(0,\)'"),
+    ({"model.head": "grouping", "loss.diml": False, "eval.ks": (0,),
+      "model.num_groups": 200}, r"num_groups=200 must be in 1..embed_dim"),
+    ({"model.head": "grouping", "loss.diml": False, "eval.ks": (0,),
+      "loss.diversity_weight": -1.0}, r"diversity_weight=-1.0 must be >= 0"),
+])
+def test_bad_values_of_the_new_keys_are_named(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    experiment.check_config(tiny_config(**overrides))
+
+
+def test_the_two_configs_pass_the_checks():
+  vit = cub_vit_diml.get_config()
+  with pytest.raises(ValueError, match="model.weights"):  # no DeiT file given
+    experiment.check_config(vit)
+  vit.model.pretrained = False
+  experiment.check_config(vit)
+  assert (vit.model.backbone, vit.loss.marginals, vit.loss.diml) == ("vit_s16", "rollout", True)
+  assert 0 < vit.loss.partial_mass < 1 and vit.model.rollout_blocks > 0
+  dgml = cub_dgml.get_config()
+  experiment.check_config(dgml)
+  assert (dgml.model.head, dgml.model.num_groups, dgml.loss.diversity_weight) == (
+      "grouping", 3, 0.02)
+
+
+# ------------------------------------------------------------------------------------
+# Slow tier: training runs.
+
+
+@pytest.mark.slow
+def test_vit_step_on_8_devices_equals_one_device():
+  """The rollout weights are split and gathered with the batch: same loss and update.
+
+  The loss agrees to 1e-5; parameters to 1e-4 absolute (10% of the learning rate): Adam's
+  first step is about ``lr * g / |g|``, so an element whose gradient is near zero (one
+  entry of a ViT MLP kernel here) moves by a rounding-sensitive amount of up to ``lr``.
+  A wrong split of the weights would shift whole tensors by about ``lr``."""
+  config = vit_config(**{"data.image_size": 32, "data.resize_size": 32})
+  one = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1],
+                      axis_types=(jax.sharding.AxisType.Auto,))
+  eight = jax.make_mesh((8,), ("data",), devices=jax.devices()[:8],
+                        axis_types=(jax.sharding.AxisType.Auto,))
+  loss_1, params_1 = one_step(config, one)
+  loss_8, params_8 = one_step(config, eight)
+  assert np.isfinite(loss_1) and loss_1 > 0
+  assert abs(loss_1 - loss_8) < 1e-5 * max(1.0, abs(loss_1))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-4),
+               params_1, params_8)
+
+
+def _train_losses(workdir):
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(l)["train/loss"] for l in lines if '"train/loss"' in l]
+
+
+@pytest.mark.slow
+def test_vit_diml_trains_evaluates_and_checkpoints(tmp_path):
+  config = vit_config(**{"steps_per_epoch": 6, "num_epochs": 2, "eval.every_epochs": 2,
+                         "checkpoint_every_steps": 4, "log_every_steps": 1,
+                         "eval.ks": (0, 10), "data.image_size": 32,
+                         "data.resize_size": 32})
+  results = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert set(results["metrics"]) == {"0", "10"}
+  assert results["settings"]["marginals"] == "weights"
+  assert results["settings"]["mass"] == MASS
+  for name in ("best.json", "checkpoints/12", "eval/step_12/retrieval_metrics.json",
+               "eval/step_12/embeddings_grid4_px32_rollout2.npz"):
+    assert (tmp_path / name).exists(), name
+  train_losses = _train_losses(tmp_path)
+  assert len(train_losses) == 12 and np.all(np.isfinite(train_losses))
+  # eval.py's path: cached embeddings (with their part weights), the same metrics, and the
+  # report whose flow figures are partial flows with rollout marginals.
+  again = eval_lib.run(config, str(tmp_path), explain_results=True)
+  assert again["metrics"] == results["metrics"]
+  out = tmp_path / "eval" / "step_12"
+  assert (out / "report.html").exists() and len(list(out.glob("flow_query*.png"))) == 4
+
+
+@pytest.mark.slow
+def test_dgml_trains_evaluates_and_checkpoints(tmp_path):
+  config = dgml_config(**{"steps_per_epoch": 6, "num_epochs": 2, "eval.every_epochs": 2,
+                          "checkpoint_every_steps": 4, "log_every_steps": 1})
+  results = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert set(results["metrics"]) == {"0"}
+  for name in ("best.json", "checkpoints/12", "eval/step_12/retrieval_metrics.json",
+               "eval/step_12/embeddings_grid4_px32.npz"):
+    assert (tmp_path / name).exists(), name
+  train_losses = _train_losses(tmp_path)
+  assert len(train_losses) == 12 and np.all(np.isfinite(train_losses))
+
+
+@pytest.mark.parametrize("make_config", [
+    lambda: vit_config(**{"data.image_size": 32, "data.resize_size": 32}), dgml_config],
+    ids=["vit_diml", "dgml"])
+@pytest.mark.slow
+def test_training_steps_lower_the_loss_on_a_fixed_batch(make_config):
+  """30 updates on one batch: the last 10 losses average below 90% of the first. (Over a
+  few steps of fresh batches the losses of these tiny random networks are flat within
+  their noise; DGML's, whose groups keep collapsing and being pushed apart by the
+  diversity term at this learning rate, jumps between about 0.75 and 1.3.)"""
+  config = make_config()
+  mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1],
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  train_set = data.load("synthetic", "train")
+  model = experiment.build_model(config)
+  params, batch_stats = experiment.init_variables(config, model, train_set.num_classes)
+  tx = experiment.make_optimizer(config, params, steps_per_epoch=10)
+  state = experiment.replicate(
+      TrainState(step=np.int32(0), params=params, batch_stats=batch_stats,
+                 opt_state=tx.init(params)), mesh)
+  batch = next(iter(data.train_iterator(
+      train_set, batch_size=config.batch_size, image_size=config.data.image_size,
+      num_workers=0, normalization=experiment.normalization(model))))
+  batch = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P("data"))), batch)
+  step = train_lib.make_train_step(model, train_lib.make_loss(config, None), tx, mesh)
+  history = []
+  for _ in range(30):
+    state, measurements = step(state, batch, jax.random.key(3))
+    history.append(float(measurements["loss"]))
+  assert np.all(np.isfinite(history))
+  assert np.mean(history[-10:]) < 0.9 * history[0], history
