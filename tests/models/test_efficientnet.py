@@ -1,5 +1,6 @@
 """EfficientNet-Lite: TF-SAME parity with an independent PyTorch forward pass, and the real
 ImageNet weights of EfficientNet-Lite0 classifying real photographs."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ import skimage.data
 import torch
 from PIL import Image
 
+from diml_jax.models.efficientnet import DepthwiseConv
 from diml_jax.models import (LITE0_STAGES, EfficientNetLite, EfficientNetLite0,
                              EfficientNetLiteTiny, backbone_variables, imagenet_variables,
                              lite0_weights_path, load_state_dict)
@@ -90,3 +92,22 @@ def test_lite0_without_classifier_drops_only_the_classifier():
   images = jax.ShapeDtypeStruct((2, 224, 320, 3), jnp.float32)
   pooled, aux = jax.eval_shape(model.apply, variables, images)
   assert aux["feature_map"].shape == (2, 7, 10, 1280) and pooled.shape == (2, 1280)
+
+
+@pytest.mark.parametrize("kernel_size, strides, size", [(3, 1, 7), (3, 2, 8), (5, 2, 7),
+                                                        (5, 1, 6), (3, 2, 1)])
+def test_depthwise_conv_equals_a_grouped_convolution(kernel_size, strides, size):
+  # The shifted multiply-adds used on CPU against XLA's grouped convolution with TF SAME
+  # padding, values and gradients; same parameter tree as nn.Conv.
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 3, 8))
+  ours = DepthwiseConv(kernel_size, strides)
+  grouped = nn.Conv(8, (kernel_size, kernel_size), strides=strides, padding="SAME",
+                    feature_group_count=8, use_bias=False)
+  variables = grouped.init(jax.random.key(1), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(
+      jnp.shape, variables)
+  np.testing.assert_allclose(ours.apply(variables, x), grouped.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+  grad = lambda m: jax.grad(lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))), (0, 1))(variables, x)
+  for a, b in zip(jax.tree.leaves(grad(ours)), jax.tree.leaves(grad(grouped))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
