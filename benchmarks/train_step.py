@@ -56,7 +56,6 @@ if ARGS.devices > 1:  # before JAX starts
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -11,7 +11,6 @@ import textwrap
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -43,8 +42,9 @@ def tiny_config(**overrides):
   return c
 
 
-def one_step(config, mesh):
-  """Loss and parameters after one update on `mesh`, from the same state and batch."""
+def train_on_one_batch(config, mesh, steps=1):
+  """Losses and the parameters after ``steps`` updates on `mesh`, all on the same batch,
+  from the same state."""
   train_set = data.load("synthetic", "train")
   model = experiment.build_model(config)
   params, batch_stats = experiment.init_variables(config, model, train_set.num_classes)
@@ -59,8 +59,25 @@ def one_step(config, mesh):
       lambda x: jax.device_put(x, NamedSharding(mesh, P("data"))), batch)
   loss_mesh = mesh if mesh.size > 1 else None
   step = train_lib.make_train_step(model, train_lib.make_loss(config, loss_mesh), tx, mesh)
-  state, measurements = step(state, batch, jax.random.key(3))
-  return float(measurements["loss"]), jax.device_get(state.params)
+  losses = []
+  for _ in range(steps):
+    state, measurements = step(state, batch, jax.random.key(3))
+    losses.append(float(measurements["loss"]))
+  return losses, jax.device_get(state.params)
+
+
+def step_on_1_and_8_devices(config):
+  """``[(loss, params)]`` after one training step on a mesh of 1 and of 8 devices."""
+  results = []
+  for n in (1, 8):
+    losses, params = train_on_one_batch(config, single_axis_mesh(n))
+    results.append((losses[0], params))
+  return results
+
+
+def single_axis_mesh(n):
+  return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n],
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 @pytest.mark.parametrize("loss", [
@@ -69,12 +86,7 @@ def test_one_step_on_8_devices_equals_one_device(loss):
   """Same loss and parameters to 1e-5 (absolute: Adam's first step, about g / |g|, turns
   float rounding in near-zero gradients into differences of a few 1e-6)."""
   config = tiny_config(**{"loss.name": loss, "data.image_size": 32, "data.resize_size": 32})
-  one = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1],
-                      axis_types=(jax.sharding.AxisType.Auto,))
-  eight = jax.make_mesh((8,), ("data",), devices=jax.devices()[:8],
-                        axis_types=(jax.sharding.AxisType.Auto,))
-  loss_1, params_1 = one_step(config, one)
-  loss_8, params_8 = one_step(config, eight)
+  (loss_1, params_1), (loss_8, params_8) = step_on_1_and_8_devices(config)
   assert np.isfinite(loss_1) and loss_1 > 0
   assert abs(loss_1 - loss_8) < 1e-5 * max(1.0, abs(loss_1))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-5),

@@ -13,14 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import cub_dgml, cub_vit_diml
-from diml_jax import data, eval_lib, experiment, losses, models, partial, train_lib
-from diml_jax.experiment import TrainState
+from diml_jax import eval_lib, experiment, losses, models, partial, train_lib
 from diml_jax.models.head import grid_pool_matrix
 from tests.models.torch_reference import TorchViT
-from tests.test_train import one_step, tiny_config
+from tests.test_train import (single_axis_mesh, step_on_1_and_8_devices, tiny_config,
+                              train_on_one_batch)
 
 LABELS = np.array([0, 0, 1, 1, 2, 2, 3, 3])
 MASS = 0.5
@@ -244,12 +243,7 @@ def test_vit_step_on_8_devices_equals_one_device():
   entry of a ViT MLP kernel here) moves by a rounding-sensitive amount of up to ``lr``.
   A wrong split of the weights would shift whole tensors by about ``lr``."""
   config = vit_config(**{"data.image_size": 32, "data.resize_size": 32})
-  one = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1],
-                      axis_types=(jax.sharding.AxisType.Auto,))
-  eight = jax.make_mesh((8,), ("data",), devices=jax.devices()[:8],
-                        axis_types=(jax.sharding.AxisType.Auto,))
-  loss_1, params_1 = one_step(config, one)
-  loss_8, params_8 = one_step(config, eight)
+  (loss_1, params_1), (loss_8, params_8) = step_on_1_and_8_devices(config)
   assert np.isfinite(loss_1) and loss_1 > 0
   assert abs(loss_1 - loss_8) < 1e-5 * max(1.0, abs(loss_1))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-4),
@@ -306,24 +300,6 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(make_config):
   few steps of fresh batches the losses of these tiny random networks are flat within
   their noise; DGML's, whose groups keep collapsing and being pushed apart by the
   diversity term at this learning rate, jumps between about 0.75 and 1.3.)"""
-  config = make_config()
-  mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1],
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  train_set = data.load("synthetic", "train")
-  model = experiment.build_model(config)
-  params, batch_stats = experiment.init_variables(config, model, train_set.num_classes)
-  tx = experiment.make_optimizer(config, params, steps_per_epoch=10)
-  state = experiment.replicate(
-      TrainState(step=np.int32(0), params=params, batch_stats=batch_stats,
-                 opt_state=tx.init(params)), mesh)
-  batch = next(iter(data.train_iterator(
-      train_set, batch_size=config.batch_size, image_size=config.data.image_size,
-      num_workers=0, normalization=experiment.normalization(model))))
-  batch = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P("data"))), batch)
-  step = train_lib.make_train_step(model, train_lib.make_loss(config, None), tx, mesh)
-  history = []
-  for _ in range(30):
-    state, measurements = step(state, batch, jax.random.key(3))
-    history.append(float(measurements["loss"]))
+  history, _ = train_on_one_batch(make_config(), single_axis_mesh(1), steps=30)
   assert np.all(np.isfinite(history))
   assert np.mean(history[-10:]) < 0.9 * history[0], history
