@@ -233,8 +233,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("Resumed from step %d in %s", int(state.step), checkpoints.directory)
   start = int(state.step)
   if start >= total_steps:
-    logging.info("%s has finished training (step %d of %d): nothing to do.", workdir, start,
-                 total_steps)
+    logging.info("%s has finished training (step %d of %d): nothing to do. To evaluate "
+                 "it (again): python eval.py --config ... --workdir %s", workdir, start,
+                 total_steps, workdir)
     return {}
 
   loss_mesh = mesh if jax.device_count() > 1 else None
