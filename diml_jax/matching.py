@@ -36,6 +36,7 @@ from typing import Any, Literal, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import acceleration, implicit_differentiation, sinkhorn
@@ -668,6 +669,36 @@ def _pairwise_core(xs, ys, gxs, gys, weights, *, quantity, marginals, mass,
 
 
 @functools.partial(jax.jit, static_argnames=("quantity", "marginals", "mass", "opts"))
+def _symmetric_core(xs, gxs, weights, *, quantity, marginals, mass, opts: SinkhornOptions):
+  """All pairs within one set, each unordered pair solved once: ``[n, r, c]`` -> ``[n, n]``.
+
+  The problem of ``(b, a)`` is the transpose of that of ``(a, b)`` (``S^T``, ``mu`` and
+  ``nu`` swapped), whose flow is ``T^T``: the same quantity. The ``n (n + 1) / 2`` pairs
+  ``i <= j`` are listed flat (static, from ``n``) and solved in tiles of ``block_size``
+  pairs, each tile gathering its own two maps per pair, as :func:`_rerank_core` does;
+  each value fills both ``[i, j]`` and ``[j, i]``.
+  """
+  xs, gxs = _prepare(xs, gxs)
+  n = xs.shape[0]
+  rows, cols = np.triu_indices(n)
+  w = weights[0] if weights else None
+
+  def tile(ia, ib):  # [p], [p] -> [p]
+    xa, xb, ga, gb = xs[ia], xs[ib], gxs[ia], gxs[ib]
+    s = jnp.einsum("prc,psc->prs", xa, xb)
+    mu, nu = _tile_marginals(
+        marginals, jnp.einsum("prc,pc->pr", xa, gb), jnp.einsum("psc,pc->ps", xb, ga),
+        None if w is None else w[ia], None if w is None else w[ib],
+    )
+    total = _transported(s, mu, nu, _local_weights(quantity, s), mass, opts)
+    return _quantity(quantity, total, jnp.sum(ga * gb, -1), mass)
+
+  # Padding pairs of the last tile are (0, 0): a valid pair, whose value is dropped.
+  values = _blocked(tile, (jnp.asarray(rows), jnp.asarray(cols)), rows.size, opts.block_size)
+  return jnp.zeros((n, n), values.dtype).at[rows, cols].set(values).at[cols, rows].set(values)
+
+
+@functools.partial(jax.jit, static_argnames=("quantity", "marginals", "mass", "opts"))
 def _rerank_core(queries, candidates, gq, gc, indices, weights, *, quantity, marginals, mass,
                  opts):
   queries, gq = _prepare(queries, gq)
@@ -923,7 +954,7 @@ def diml_distance(x, y, gx=None, gy=None, *, marginals="cross", **options):
 
 def pairwise(
     xs: jax.Array,
-    ys: jax.Array,
+    ys: jax.Array | None = None,
     gxs: jax.Array | None = None,
     gys: jax.Array | None = None,
     *,
@@ -937,17 +968,29 @@ def pairwise(
   Works in tiles of about ``block_size`` pairs, so memory stays bounded for any ``n`` and
   ``m``; each tile's part similarities come from one matrix product.
 
+  **All pairs within one set** (``ys=None``, ``gys=None``): ``[n, n]``, with each
+  unordered pair solved once, ``n (n + 1) / 2`` problems instead of ``n²``. The quantities
+  are symmetric: the problem of ``(b, a)`` is that of ``(a, b)`` transposed (``S^T``,
+  marginals swapped), whose flow is ``T^T``. The result is exactly symmetric and equals
+  ``pairwise(xs, xs)`` within the Sinkhorn tolerance (each ordered pair there is solved
+  on its own, so ``[a, b]`` and ``[b, a]`` differ by up to about the ``threshold``).
+  Differentiable like the two-set form (the gradient of ``[a, b]`` and ``[b, a]`` flows
+  through the one solved pair).
+
   Args:
     xs: local features of the first set, ``[n, r1, c]``.
-    ys: local features of the second set, ``[m, r2, c]``.
+    ys: local features of the second set, ``[m, r2, c]``, or ``None`` for all pairs
+      within ``xs`` (see above).
     gxs: global vectors ``[n, c]`` (default: mean of the local vectors).
-    gys: global vectors ``[m, c]`` (default: mean of the local vectors).
+    gys: global vectors ``[m, c]`` (default: mean of the local vectors); ``None`` when
+      ``ys`` is.
     quantity: ``"structural"`` (``sum T ⊙ S``), ``"similarity"`` (its mean with the
       global cosine) or ``"distance"`` (see :func:`diml_distance`).
     marginals: ``"cross"``, ``"uniform"``, or each item's part weights
       ``(mu [n, r1], nu [m, r2])`` (non-negative, normalised here), e.g. a ViT's
       truncated attention rollout pooled to the grid: pair ``(a, b)`` is matched with
-      marginals ``mu[a]`` and ``nu[b]``.
+      marginals ``mu[a]`` and ``nu[b]``. With ``ys=None``, one array ``[n, r1]`` of
+      part weights (each item has one set of weights, as either image of a pair).
     mass: ``p`` in ``(0, 1]``: the partial flow of :func:`diml_jax.partial.partial_match`
       moves only ``p`` of the weight, and the structural terms are divided by ``p``
       (``partial_match(...).similarity / p``: the mean over the matched parts). 1 is
@@ -958,6 +1001,8 @@ def pairwise(
     ``[n, m]`` float32.
   """
   opts = _options(**options)
+  if ys is None:
+    return _symmetric_pairwise(xs, gxs, gys, quantity, marginals, mass, opts)
   xs, ys = _check_locals("xs", xs, "[n, r1, c]"), _check_locals("ys", ys, "[m, r2, c]")
   if xs.shape[-1] != ys.shape[-1]:
     raise ValueError(
@@ -971,6 +1016,28 @@ def pairwise(
       _check_globals("gys", gys, ys.shape[:1] + ys.shape[-1:]), weights,
       quantity=_check_quantity(quantity), marginals=_check_kind(marginals),
       mass=_check_mass(mass), opts=opts,
+  )
+
+
+def _symmetric_pairwise(xs, gxs, gys, quantity, marginals, mass, opts) -> jax.Array:
+  """:func:`pairwise` with ``ys=None``: arguments checked, then :func:`_symmetric_core`."""
+  xs = _check_locals("xs", xs, "[n, r1, c]")
+  if gys is not None:
+    raise ValueError("pairwise with ys=None (all pairs within xs) takes its global vectors "
+                     "as gxs; got gys as well.")
+  if isinstance(marginals, str):
+    kind, weights = _check_kind(marginals), ()
+  else:
+    w = jnp.asarray(marginals) if not isinstance(marginals, tuple) else None
+    if w is None or w.shape != xs.shape[:2] or not jnp.issubdtype(w.dtype, jnp.floating):
+      raise ValueError(
+          f"pairwise with ys=None (all pairs within xs) takes marginals 'cross', 'uniform' "
+          f"or one array of floating-point part weights [n, r1] = {xs.shape[:2]}; got "
+          f"{marginals if w is None else f'{w.dtype}{list(w.shape)}'}.")
+    kind, weights = "given", (_float32(w),)
+  return _symmetric_core(
+      xs, _check_globals("gxs", gxs, xs.shape[:1] + xs.shape[-1:]), weights,
+      quantity=_check_quantity(quantity), marginals=kind, mass=_check_mass(mass), opts=opts,
   )
 
 
