@@ -637,6 +637,22 @@ def _tile_marginals(marginals, x_gy, y_gx, wx, wy):
   return _marginal_pair(marginals, x_gy, y_gx)
 
 
+def _pair_tile(xa, ga, wa, yb, gb, wb, *, quantity, marginals, mass, opts: SinkhornOptions):
+  """Every pair of ``xa [q, r1, c]``, ``ga [q, c]`` and ``yb [k, r2, c]``, ``gb [k, c]`` ->
+  ``[q, k]``; ``wa``/``wb`` hold the items' part weights for ``"given"`` marginals (else
+  empty). The tile's part similarities come from one matrix product."""
+  s = jnp.einsum("arc,bsc->abrs", xa, yb)
+  # <y_j, g_a> as [b, s, a] (the large operand yb on the left, as the product for S
+  # has it), so that yb is not transposed in every tile.
+  y_ga = jnp.einsum("bsc,ac->bsa", yb, ga).transpose(2, 0, 1)
+  mu, nu = _tile_marginals(
+      marginals, jnp.einsum("arc,bc->abr", xa, gb), y_ga,
+      wa[0][:, None] if wa else None, wb[0][None] if wb else None,
+  )
+  total = _transported(s, mu, nu, _local_weights(quantity, s), mass, opts)
+  return _quantity(quantity, total, ga @ gb.T, mass)
+
+
 # Weights of "given" marginals travel through the tiles as optional trailing arguments
 # (``*w``: none for "cross" and "uniform").
 @functools.partial(jax.jit, static_argnames=("quantity", "marginals", "mass", "opts"))
@@ -648,18 +664,8 @@ def _pairwise_core(xs, ys, gxs, gys, weights, *, quantity, marginals, mass,
   cols = min(m, opts.block_size)
   rows = max(1, opts.block_size // cols)
   wxs, wys = ((weights[0],), (weights[1],)) if weights else ((), ())
-
-  def tile(xa, ga, wa, yb, gb, wb):  # [q, r1, c], [q, c], [k, r2, c], [k, c] -> [q, k]
-    s = jnp.einsum("arc,bsc->abrs", xa, yb)
-    # <y_j, g_a> as [b, s, a] (the large operand yb on the left, as the product for S
-    # has it), so that yb is not transposed in every tile.
-    y_ga = jnp.einsum("bsc,ac->bsa", yb, ga).transpose(2, 0, 1)
-    mu, nu = _tile_marginals(
-        marginals, jnp.einsum("arc,bc->abr", xa, gb), y_ga,
-        wa[0][:, None] if wa else None, wb[0][None] if wb else None,
-    )
-    total = _transported(s, mu, nu, _local_weights(quantity, s), mass, opts)
-    return _quantity(quantity, total, ga @ gb.T, mass)
+  tile = functools.partial(_pair_tile, quantity=quantity, marginals=marginals, mass=mass,
+                           opts=opts)
 
   def row_tile(xa, ga, *wa):  # [q, r1, c], [q, c] -> [q, m]
     return _blocked(lambda yb, gb, *wb: tile(xa, ga, wa, yb, gb, wb).T, (ys, gys, *wys),
@@ -673,28 +679,36 @@ def _symmetric_core(xs, gxs, weights, *, quantity, marginals, mass, opts: Sinkho
   """All pairs within one set, each unordered pair solved once: ``[n, r, c]`` -> ``[n, n]``.
 
   The problem of ``(b, a)`` is the transpose of that of ``(a, b)`` (``S^T``, ``mu`` and
-  ``nu`` swapped), whose flow is ``T^T``: the same quantity. The ``n (n + 1) / 2`` pairs
-  ``i <= j`` are listed flat (static, from ``n``) and solved in tiles of ``block_size``
-  pairs, each tile gathering its own two maps per pair, as :func:`_rerank_core` does;
-  each value fills both ``[i, j]`` and ``[j, i]``.
+  ``nu`` swapped), whose flow is ``T^T``: the same quantity. The set is cut into blocks
+  of ``q`` items and only the block pairs ``I <= J`` are solved, each as a ``q x q`` tile
+  of :func:`_pair_tile` (one matrix product for its part similarities, as in
+  :func:`pairwise`); a diagonal tile solves its ``q (q - 1) / 2`` pairs below the diagonal
+  too (they are dropped), so about ``n (n + q) / 2`` problems are solved in all. Each
+  value of a pair ``i <= j`` fills both ``[i, j]`` and ``[j, i]``.
   """
   xs, gxs = _prepare(xs, gxs)
   n = xs.shape[0]
-  rows, cols = np.triu_indices(n)
-  w = weights[0] if weights else None
+  # q^2 pairs per tile (at most block_size), and at least four blocks, so that the
+  # diagonal tiles' extra pairs stay a small share (q / n) of the whole.
+  q = max(1, min(math.isqrt(opts.block_size), -(-n // 4)))
+  nb = -(-n // q)
+  # Padding items are zero (uniform marginals, S = 0): finite, and dropped below.
+  blocks = [jnp.pad(a, [(0, nb * q - n)] + [(0, 0)] * (a.ndim - 1)).reshape(
+      (nb, q) + a.shape[1:]) for a in (xs, gxs, *weights)]
+  bi, bj = np.triu_indices(nb)
+  tile = functools.partial(_pair_tile, quantity=quantity, marginals=marginals, mass=mass,
+                           opts=opts)
 
-  def tile(ia, ib):  # [p], [p] -> [p]
-    xa, xb, ga, gb = xs[ia], xs[ib], gxs[ia], gxs[ib]
-    s = jnp.einsum("prc,psc->prs", xa, xb)
-    mu, nu = _tile_marginals(
-        marginals, jnp.einsum("prc,pc->pr", xa, gb), jnp.einsum("psc,pc->ps", xb, ga),
-        None if w is None else w[ia], None if w is None else w[ib],
-    )
-    total = _transported(s, mu, nu, _local_weights(quantity, s), mass, opts)
-    return _quantity(quantity, total, jnp.sum(ga * gb, -1), mass)
+  def block_pair(ij):  # -> [q, q]
+    (xa, ga, *wa), (yb, gb, *wb) = ([b[k] for b in blocks] for k in ij)
+    return tile(xa, ga, wa, yb, gb, wb)
 
-  # Padding pairs of the last tile are (0, 0): a valid pair, whose value is dropped.
-  values = _blocked(tile, (jnp.asarray(rows), jnp.asarray(cols)), rows.size, opts.block_size)
+  values = jax.lax.map(block_pair, (jnp.asarray(bi), jnp.asarray(bj)))  # [tiles, q, q]
+  t, a, b = np.meshgrid(np.arange(bi.size), np.arange(q), np.arange(q), indexing="ij")
+  rows, cols = bi[t] * q + a, bj[t] * q + b
+  keep = (rows <= cols) & (cols < n)  # static: each unordered pair of real items once
+  values = values.reshape(-1)[np.flatnonzero(keep)]
+  rows, cols = rows[keep], cols[keep]
   return jnp.zeros((n, n), values.dtype).at[rows, cols].set(values).at[cols, rows].set(values)
 
 

@@ -220,14 +220,19 @@ def test_symmetric_pairwise_solves_each_unordered_pair_once_like_the_full_path(
   gxs = rng.normal(size=(11, 16)).astype(np.float32)
   w = rng.uniform(size=(11, 8)).astype(np.float32)
   sym_m, full_m = (w, (w, w)) if marginals == "weights" else (marginals, marginals)
-  # block_size 16: five tiles of unordered pairs, the last one padded.
+  # block_size 16: blocks of 3 items (the last one padded), 10 tiles of block pairs.
   kw = dict(quantity=quantity, mass=mass, block_size=16, **TIGHT)
   sym = np.asarray(jax.jit(lambda x, g: matching.pairwise(x, None, g, marginals=sym_m, **kw))(
       xs, gxs))
   full = np.asarray(matching.pairwise(xs, xs, gxs, gxs, marginals=full_m, **kw))
   assert sym.shape == (11, 11)
   np.testing.assert_array_equal(sym, sym.T)
-  np.testing.assert_allclose(sym, full, atol=1e-5)
+  off = ~np.eye(11, dtype=bool)
+  np.testing.assert_allclose(sym[off], full[off], atol=1e-5)
+  # An image against itself: the distance sqrt(2 - 2 S_ii + 1e-8) of identical parts
+  # turns the rounding of S_ii = 1 (which depends on the tile's shape) into ~1e-4.
+  np.testing.assert_allclose(np.diag(sym), np.diag(full),
+                             atol=1e-3 if quantity == "distance" else 1e-5)
   assert np.abs(full - full.T).max() > 0  # the full path solves both orders on its own
   if mass == 1.0 and quantity != "distance":
     m = marginals if marginals == "uniform" else "cross"
