@@ -24,7 +24,8 @@ Public functions:
 - :func:`structural_similarity`: ``sum T ⊙ S`` only.
 - :func:`diml_similarity`, :func:`diml_distance`: the training-loss quantities
   ``(sum T⊙S + <g_a, g_b>) / 2`` and ``(sum T⊙D + ||g_a - g_b||) / 2``.
-- :func:`pairwise`: all pairs between two sets, ``[n, m]``, memory-bounded.
+- :func:`pairwise`: all pairs between two sets, ``[n, m]``, memory-bounded; or within
+  one set, ``[n, n]``, each unordered pair solved once.
 - :func:`rerank`: each query against its own candidates, ``[q, k]``.
 - :func:`transport`: the solver alone, for given similarities and marginals.
 """
