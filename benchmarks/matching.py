@@ -2,7 +2,13 @@
 
 Three figures (issue 2):
   1. all pairs of a batch of 112 maps (r = 16, c = 128): pairs/s and the ratio to the
-     reference; target >= 10x and >= 150k pairs/s on a 2-core CPU;
+     reference; target >= 10x and >= 150k pairs/s on a 2-core CPU. The headline times
+     ``matching.pairwise(x)`` (``ys=None``), what a user computing all pairs within a
+     batch calls: the quantities are symmetric, so diml_jax solves each unordered pair
+     once (n (n + q) / 2 problems with the diagonal tiles' extra pairs, q = 16 on a CPU),
+     while the reference, as published, solves all n² ordered pairs. Pairs/s always
+     counts the n² ordered pairs of the result. The full n² path, ``pairwise(x, x)``,
+     is shown on a second line for transparency;
   2. the re-rank path, 1,000 queries x 100 candidates each;
   3. peak memory of ``pairwise`` on 20,000 x 100 pairs (in a fresh process).
 
@@ -113,10 +119,12 @@ def all_pairs_row(regime: str, repeats: int) -> dict:
   xj = jnp.asarray(x)
   xt = torch.from_numpy(x)
   gt = F.normalize(xt.mean(1), dim=-1)
-  ours = jax.jit(lambda x: matching.pairwise(x, x))
+  ours = jax.jit(lambda x: matching.pairwise(x))  # all pairs within x, each solved once
+  full = jax.jit(lambda x: matching.pairwise(x, x))  # all n² ordered pairs
   with torch.no_grad():
     times = best_times({
         "ours": lambda: ours(xj).block_until_ready(),
+        "full": lambda: full(xj).block_until_ready(),
         "ref batched": lambda: torch_all_pairs(xt, gt),
         "ref per anchor": lambda: torch_per_anchor(xt, gt),
     }, repeats)
@@ -128,6 +136,8 @@ def all_pairs_row(regime: str, repeats: int) -> dict:
       "ref_pairs_per_s": pairs / times[ref_form], "ref_form": ref_form[4:],
       "ratio": times[ref_form] / times["ours"],
       "max_abs_diff_vs_ref": float(np.abs(np.asarray(ours(xj)) - ref_vals).max()),
+      "full_pairs_per_s": pairs / times["full"], "full_ratio": times[ref_form] / times["full"],
+      "full_max_abs_diff_vs_ref": float(np.abs(np.asarray(full(xj)) - ref_vals).max()),
   }
 
 
@@ -201,12 +211,19 @@ def main():
 
   print(f"structural matching, {jax.devices()[0].device_kind} x{len(jax.devices())}, "
         f"torch threads {torch.get_num_threads()}")
-  print(f"\nall pairs of {B} maps (r={R}, c={C}): {B * B} pairs")
-  print(f"{'features':<10} {'diml_jax pairs/s':>17} {'reference pairs/s':>18} "
+  print(f"\nall pairs of {B} maps (r={R}, c={C}): {B * B} ordered pairs; pairs/s counts "
+        f"them all")
+  print("  diml_jax pairwise(x): each unordered pair solved once (symmetric); "
+        "pairwise(x, x) and the reference: all n² ordered pairs")
+  print(f"{'features':<10} {'diml_jax':<15} {'pairs/s':>10} {'reference pairs/s':>18} "
         f"{'(form)':<12} {'ratio':>7} {'max |diff|':>11}")
   for r in rows:
-    print(f"{r['regime']:<10} {r['ours_pairs_per_s']:>17,.0f} {r['ref_pairs_per_s']:>18,.0f} "
-          f"{r['ref_form']:<12} {r['ratio']:>6.1f}x {r['max_abs_diff_vs_ref']:>11.1e}")
+    for label, rate, ratio, diff in (
+        ("pairwise(x)", r["ours_pairs_per_s"], r["ratio"], r["max_abs_diff_vs_ref"]),
+        ("pairwise(x, x)", r["full_pairs_per_s"], r["full_ratio"],
+         r["full_max_abs_diff_vs_ref"])):
+      print(f"{r['regime']:<10} {label:<15} {rate:>10,.0f} {r['ref_pairs_per_s']:>18,.0f} "
+            f"{r['ref_form']:<12} {ratio:>6.1f}x {diff:>11.1e}")
   print(f"\nre-rank, 1,000 queries x 100 candidates (relu features): diml_jax "
         f"{rerank['ours_s']:.2f} s ({rerank['ours_pairs_per_s']:,.0f} pairs/s), reference "
         f"{rerank['ref_s']:.1f} s (per-query loop, extrapolated from 100 queries): "
@@ -223,6 +240,9 @@ def main():
         "pairs_per_s": round(headline["ours_pairs_per_s"]),
         "ratio_by_regime": {r["regime"]: round(r["ratio"], 2) for r in rows},
         "pairs_per_s_by_regime": {r["regime"]: round(r["ours_pairs_per_s"]) for r in rows},
+        "full_ratio": round(min(r["full_ratio"] for r in rows), 2),
+        "full_pairs_per_s": round(min(rows, key=lambda r: r["full_ratio"])["full_pairs_per_s"]),
+        "full_ratio_by_regime": {r["regime"]: round(r["full_ratio"], 2) for r in rows},
         "rerank_ratio": round(rerank["ratio"], 2),
         "rerank_pairs_per_s": round(rerank["ours_pairs_per_s"]),
         "peak_rss_gb": round(memory["peak_rss_gb"], 3),

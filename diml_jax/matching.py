@@ -24,7 +24,8 @@ Public functions:
 - :func:`structural_similarity`: ``sum T ⊙ S`` only.
 - :func:`diml_similarity`, :func:`diml_distance`: the training-loss quantities
   ``(sum T⊙S + <g_a, g_b>) / 2`` and ``(sum T⊙D + ||g_a - g_b||) / 2``.
-- :func:`pairwise`: all pairs between two sets, ``[n, m]``, memory-bounded.
+- :func:`pairwise`: all pairs between two sets, ``[n, m]``, memory-bounded; or within
+  one set, ``[n, n]``, each unordered pair solved once.
 - :func:`rerank`: each query against its own candidates, ``[q, k]``.
 - :func:`transport`: the solver alone, for given similarities and marginals.
 """
@@ -36,6 +37,7 @@ from typing import Any, Literal, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from ott.geometry import geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import acceleration, implicit_differentiation, sinkhorn
@@ -636,6 +638,22 @@ def _tile_marginals(marginals, x_gy, y_gx, wx, wy):
   return _marginal_pair(marginals, x_gy, y_gx)
 
 
+def _pair_tile(xa, ga, wa, yb, gb, wb, *, quantity, marginals, mass, opts: SinkhornOptions):
+  """Every pair of ``xa [q, r1, c]``, ``ga [q, c]`` and ``yb [k, r2, c]``, ``gb [k, c]`` ->
+  ``[q, k]``; ``wa``/``wb`` hold the items' part weights for ``"given"`` marginals (else
+  empty). The tile's part similarities come from one matrix product."""
+  s = jnp.einsum("arc,bsc->abrs", xa, yb)
+  # <y_j, g_a> as [b, s, a] (the large operand yb on the left, as the product for S
+  # has it), so that yb is not transposed in every tile.
+  y_ga = jnp.einsum("bsc,ac->bsa", yb, ga).transpose(2, 0, 1)
+  mu, nu = _tile_marginals(
+      marginals, jnp.einsum("arc,bc->abr", xa, gb), y_ga,
+      wa[0][:, None] if wa else None, wb[0][None] if wb else None,
+  )
+  total = _transported(s, mu, nu, _local_weights(quantity, s), mass, opts)
+  return _quantity(quantity, total, ga @ gb.T, mass)
+
+
 # Weights of "given" marginals travel through the tiles as optional trailing arguments
 # (``*w``: none for "cross" and "uniform").
 @functools.partial(jax.jit, static_argnames=("quantity", "marginals", "mass", "opts"))
@@ -647,24 +665,52 @@ def _pairwise_core(xs, ys, gxs, gys, weights, *, quantity, marginals, mass,
   cols = min(m, opts.block_size)
   rows = max(1, opts.block_size // cols)
   wxs, wys = ((weights[0],), (weights[1],)) if weights else ((), ())
-
-  def tile(xa, ga, wa, yb, gb, wb):  # [q, r1, c], [q, c], [k, r2, c], [k, c] -> [q, k]
-    s = jnp.einsum("arc,bsc->abrs", xa, yb)
-    # <y_j, g_a> as [b, s, a] (the large operand yb on the left, as the product for S
-    # has it), so that yb is not transposed in every tile.
-    y_ga = jnp.einsum("bsc,ac->bsa", yb, ga).transpose(2, 0, 1)
-    mu, nu = _tile_marginals(
-        marginals, jnp.einsum("arc,bc->abr", xa, gb), y_ga,
-        wa[0][:, None] if wa else None, wb[0][None] if wb else None,
-    )
-    total = _transported(s, mu, nu, _local_weights(quantity, s), mass, opts)
-    return _quantity(quantity, total, ga @ gb.T, mass)
+  tile = functools.partial(_pair_tile, quantity=quantity, marginals=marginals, mass=mass,
+                           opts=opts)
 
   def row_tile(xa, ga, *wa):  # [q, r1, c], [q, c] -> [q, m]
     return _blocked(lambda yb, gb, *wb: tile(xa, ga, wa, yb, gb, wb).T, (ys, gys, *wys),
                     m, cols).T
 
   return _blocked(row_tile, (xs, gxs, *wxs), n, rows)
+
+
+@functools.partial(jax.jit, static_argnames=("quantity", "marginals", "mass", "opts"))
+def _symmetric_core(xs, gxs, weights, *, quantity, marginals, mass, opts: SinkhornOptions):
+  """All pairs within one set, each unordered pair solved once: ``[n, r, c]`` -> ``[n, n]``.
+
+  The problem of ``(b, a)`` is the transpose of that of ``(a, b)`` (``S^T``, ``mu`` and
+  ``nu`` swapped), whose flow is ``T^T``: the same quantity. The set is cut into blocks
+  of ``q`` items and only the block pairs ``I <= J`` are solved, each as a ``q x q`` tile
+  of :func:`_pair_tile` (one matrix product for its part similarities, as in
+  :func:`pairwise`); a diagonal tile solves its ``q (q - 1) / 2`` pairs below the diagonal
+  too (they are dropped), so about ``n (n + q) / 2`` problems are solved in all. Each
+  value of a pair ``i <= j`` fills both ``[i, j]`` and ``[j, i]``.
+  """
+  xs, gxs = _prepare(xs, gxs)
+  n = xs.shape[0]
+  # q^2 pairs per tile (at most block_size), and at least four blocks, so that the
+  # diagonal tiles' extra pairs stay a small share (q / n) of the whole.
+  q = max(1, min(math.isqrt(opts.block_size), -(-n // 4)))
+  nb = -(-n // q)
+  # Padding items are zero (uniform marginals, S = 0): finite, and dropped below.
+  blocks = [jnp.pad(a, [(0, nb * q - n)] + [(0, 0)] * (a.ndim - 1)).reshape(
+      (nb, q) + a.shape[1:]) for a in (xs, gxs, *weights)]
+  bi, bj = np.triu_indices(nb)
+  tile = functools.partial(_pair_tile, quantity=quantity, marginals=marginals, mass=mass,
+                           opts=opts)
+
+  def block_pair(ij):  # -> [q, q]
+    (xa, ga, *wa), (yb, gb, *wb) = ([b[k] for b in blocks] for k in ij)
+    return tile(xa, ga, wa, yb, gb, wb)
+
+  values = jax.lax.map(block_pair, (jnp.asarray(bi), jnp.asarray(bj)))  # [tiles, q, q]
+  t, a, b = np.meshgrid(np.arange(bi.size), np.arange(q), np.arange(q), indexing="ij")
+  rows, cols = bi[t] * q + a, bj[t] * q + b
+  keep = (rows <= cols) & (cols < n)  # static: each unordered pair of real items once
+  values = values.reshape(-1)[np.flatnonzero(keep)]
+  rows, cols = rows[keep], cols[keep]
+  return jnp.zeros((n, n), values.dtype).at[rows, cols].set(values).at[cols, rows].set(values)
 
 
 @functools.partial(jax.jit, static_argnames=("quantity", "marginals", "mass", "opts"))
@@ -923,7 +969,7 @@ def diml_distance(x, y, gx=None, gy=None, *, marginals="cross", **options):
 
 def pairwise(
     xs: jax.Array,
-    ys: jax.Array,
+    ys: jax.Array | None = None,
     gxs: jax.Array | None = None,
     gys: jax.Array | None = None,
     *,
@@ -937,17 +983,29 @@ def pairwise(
   Works in tiles of about ``block_size`` pairs, so memory stays bounded for any ``n`` and
   ``m``; each tile's part similarities come from one matrix product.
 
+  **All pairs within one set** (``ys=None``, ``gys=None``): ``[n, n]``, with each
+  unordered pair solved once, ``n (n + 1) / 2`` problems instead of ``n²``. The quantities
+  are symmetric: the problem of ``(b, a)`` is that of ``(a, b)`` transposed (``S^T``,
+  marginals swapped), whose flow is ``T^T``. The result is exactly symmetric and equals
+  ``pairwise(xs, xs)`` within the Sinkhorn tolerance (each ordered pair there is solved
+  on its own, so ``[a, b]`` and ``[b, a]`` differ by up to about the ``threshold``).
+  Differentiable like the two-set form (the gradient of ``[a, b]`` and ``[b, a]`` flows
+  through the one solved pair).
+
   Args:
     xs: local features of the first set, ``[n, r1, c]``.
-    ys: local features of the second set, ``[m, r2, c]``.
+    ys: local features of the second set, ``[m, r2, c]``, or ``None`` for all pairs
+      within ``xs`` (see above).
     gxs: global vectors ``[n, c]`` (default: mean of the local vectors).
-    gys: global vectors ``[m, c]`` (default: mean of the local vectors).
+    gys: global vectors ``[m, c]`` (default: mean of the local vectors); ``None`` when
+      ``ys`` is.
     quantity: ``"structural"`` (``sum T ⊙ S``), ``"similarity"`` (its mean with the
       global cosine) or ``"distance"`` (see :func:`diml_distance`).
     marginals: ``"cross"``, ``"uniform"``, or each item's part weights
       ``(mu [n, r1], nu [m, r2])`` (non-negative, normalised here), e.g. a ViT's
       truncated attention rollout pooled to the grid: pair ``(a, b)`` is matched with
-      marginals ``mu[a]`` and ``nu[b]``.
+      marginals ``mu[a]`` and ``nu[b]``. With ``ys=None``, one array ``[n, r1]`` of
+      part weights (each item has one set of weights, as either image of a pair).
     mass: ``p`` in ``(0, 1]``: the partial flow of :func:`diml_jax.partial.partial_match`
       moves only ``p`` of the weight, and the structural terms are divided by ``p``
       (``partial_match(...).similarity / p``: the mean over the matched parts). 1 is
@@ -958,6 +1016,8 @@ def pairwise(
     ``[n, m]`` float32.
   """
   opts = _options(**options)
+  if ys is None:
+    return _symmetric_pairwise(xs, gxs, gys, quantity, marginals, mass, opts)
   xs, ys = _check_locals("xs", xs, "[n, r1, c]"), _check_locals("ys", ys, "[m, r2, c]")
   if xs.shape[-1] != ys.shape[-1]:
     raise ValueError(
@@ -971,6 +1031,28 @@ def pairwise(
       _check_globals("gys", gys, ys.shape[:1] + ys.shape[-1:]), weights,
       quantity=_check_quantity(quantity), marginals=_check_kind(marginals),
       mass=_check_mass(mass), opts=opts,
+  )
+
+
+def _symmetric_pairwise(xs, gxs, gys, quantity, marginals, mass, opts) -> jax.Array:
+  """:func:`pairwise` with ``ys=None``: arguments checked, then :func:`_symmetric_core`."""
+  xs = _check_locals("xs", xs, "[n, r1, c]")
+  if gys is not None:
+    raise ValueError("pairwise with ys=None (all pairs within xs) takes its global vectors "
+                     "as gxs; got gys as well.")
+  if isinstance(marginals, str):
+    kind, weights = _check_kind(marginals), ()
+  else:
+    w = jnp.asarray(marginals) if not isinstance(marginals, tuple) else None
+    if w is None or w.shape != xs.shape[:2] or not jnp.issubdtype(w.dtype, jnp.floating):
+      raise ValueError(
+          f"pairwise with ys=None (all pairs within xs) takes marginals 'cross', 'uniform' "
+          f"or one array of floating-point part weights [n, r1] = {xs.shape[:2]}; got "
+          f"{marginals if w is None else f'{w.dtype}{list(w.shape)}'}.")
+    kind, weights = "given", (_float32(w),)
+  return _symmetric_core(
+      xs, _check_globals("gxs", gxs, xs.shape[:1] + xs.shape[-1:]), weights,
+      quantity=_check_quantity(quantity), marginals=kind, mass=_check_mass(mass), opts=opts,
   )
 
 

@@ -203,6 +203,80 @@ def test_pairwise_and_rerank_agree_with_match_and_reference():
       d, matching.diml_distance(xs[:, None], ys[None]), atol=1e-5)
 
 
+# Tight enough that the ordered pairs (a, b) and (b, a) of the full path agree to 1e-5.
+TIGHT = dict(threshold=1e-6, max_iterations=2000)
+
+
+@pytest.mark.parametrize("quantity,marginals,mass", [
+    ("structural", "cross", 1.0),
+    ("similarity", "uniform", 1.0),
+    ("distance", "weights", 0.6),
+])
+def test_symmetric_pairwise_solves_each_unordered_pair_once_like_the_full_path(
+    quantity, marginals, mass):
+  """pairwise(xs) (ys=None) fills [i, j] and [j, i] from one solve of the pair i <= j."""
+  rng = np.random.default_rng(12)
+  xs = np.maximum(rng.normal(size=(11, 8, 16)), 0).astype(np.float32)  # 66 pairs
+  gxs = rng.normal(size=(11, 16)).astype(np.float32)
+  w = rng.uniform(size=(11, 8)).astype(np.float32)
+  sym_m, full_m = (w, (w, w)) if marginals == "weights" else (marginals, marginals)
+  # block_size 16: blocks of 3 items (the last one padded), 10 tiles of block pairs.
+  kw = dict(quantity=quantity, mass=mass, block_size=16, **TIGHT)
+  sym = np.asarray(jax.jit(lambda x, g: matching.pairwise(x, None, g, marginals=sym_m, **kw))(
+      xs, gxs))
+  full = np.asarray(matching.pairwise(xs, xs, gxs, gxs, marginals=full_m, **kw))
+  assert sym.shape == (11, 11)
+  np.testing.assert_array_equal(sym, sym.T)
+  off = ~np.eye(11, dtype=bool)
+  np.testing.assert_allclose(sym[off], full[off], atol=1e-5)
+  # An image against itself: the distance sqrt(2 - 2 S_ii + 1e-8) of identical parts
+  # turns the rounding of S_ii = 1 (which depends on the tile's shape) into ~1e-4.
+  np.testing.assert_allclose(np.diag(sym), np.diag(full),
+                             atol=1e-3 if quantity == "distance" else 1e-5)
+  assert np.abs(full - full.T).max() > 0  # the full path solves both orders on its own
+  if mass == 1.0 and quantity != "distance":
+    m = marginals if marginals == "uniform" else "cross"
+    for i, j in [(0, 0), (2, 9), (10, 4)]:
+      ref = reference(xs[i], xs[j], gxs[i], gxs[j], marginals=m)[0]
+      if quantity == "similarity":
+        ref = 0.5 * (ref + _unit(gxs[i].astype(np.float64)) @ _unit(gxs[j].astype(np.float64)))
+      assert abs(sym[i, j] - ref) < 1e-5
+
+
+def test_symmetric_pairwise_at_default_tolerance_and_for_one_item():
+  xs, ys = batch("half shared", 7, seed=13)
+  x = np.concatenate([xs, ys])
+  sym = matching.pairwise(x)
+  np.testing.assert_allclose(sym, matching.pairwise(x, x), atol=2e-3)
+  np.testing.assert_array_equal(sym, sym.T)
+  one = matching.pairwise(x[:1], quantity="similarity")
+  assert one.shape == (1, 1)
+  np.testing.assert_allclose(one, matching.pairwise(x[:1], x[:1], quantity="similarity"),
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("quantity", ["similarity", "distance"])
+def test_symmetric_pairwise_gradient_equals_the_full_path(quantity):
+  """Constant flow: the gradient flows through S and the global term of both orders."""
+  rng = np.random.default_rng(14)
+  xs = jnp.asarray(rng.normal(size=(6, 8, 16)), jnp.float32)
+  gxs = jnp.asarray(rng.normal(size=(6, 16)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=(6, 6)), jnp.float32)  # not symmetric
+  if quantity == "distance":
+    # An image against itself: D = sqrt(2 - 2 S + 1e-8) at S_ii = 1, whose slope ~1e4
+    # turns the rounding of S_ii (which differs with the order of the contraction) into
+    # gradient differences of ~3e-5; the losses mask that diagonal.
+    weights = weights * (1.0 - jnp.eye(6))
+  kw = dict(quantity=quantity, block_size=8, **TIGHT)
+  sym = jax.grad(lambda x, g: jnp.sum(weights * matching.pairwise(x, None, g, **kw)),
+                 argnums=(0, 1))(xs, gxs)
+  full = jax.grad(lambda x, g: jnp.sum(weights * matching.pairwise(x, x, g, g, **kw)),
+                  argnums=(0, 1))(xs, gxs)
+  for a, b in zip(sym, full):
+    assert np.abs(b).max() > 1e-3
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_result_of_a_pair_does_not_depend_on_its_block():
   """Converged pairs are frozen, so tiling (and sharding) cannot change a result."""
   xs, ys = batch("half shared", 24, seed=9)
@@ -334,6 +408,9 @@ def test_half_precision_inputs_are_matched_in_float32(dtype):
      "rerank with indices needs"),
     (lambda: matching.pairwise(np.ones((2, 4, 8)), np.ones((3, 4, 8)), quantity="cosine"),
      "quantity must be"),
+    (lambda: matching.pairwise(np.ones((2, 4, 8)), gys=np.ones((2, 8))), "takes its global"),
+    (lambda: matching.pairwise(np.ones((2, 4, 8)), marginals=(np.ones((2, 4)),) * 2),
+     r"one array of floating-point part weights \[n, r1\]"),
 ])
 def test_bad_arguments_raise_clear_errors(call, message):
   with pytest.raises(ValueError, match=message):
