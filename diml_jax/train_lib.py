@@ -142,7 +142,7 @@ def make_train_step(model, loss_fn: LossFn, tx: optax.GradientTransformation, me
     (loss, (batch_stats, out)), grads = jax.value_and_grad(loss_of, has_aux=True)(
         state.params
     )
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new = TrainState(
