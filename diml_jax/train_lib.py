@@ -3,8 +3,9 @@
 ``train_and_evaluate(config, workdir)`` trains an embedding model with a metric loss
 (on DIML's structural quantity -- for a ViT with attention-rollout marginals and partial
 similarity -- or on the global embedding, or on each of DGML's group embeddings),
-evaluates global and DIML re-ranked retrieval every few epochs, and checkpoints with Orbax so that a run killed at
-any moment continues, with the same ``workdir``, exactly where it left off.
+evaluates global and DIML re-ranked retrieval every few epochs, and checkpoints with
+Orbax so that a run killed at any moment continues, with the same ``workdir``, exactly
+where it left off.
 
 Parallelism: one jitted update over a replicated state and a batch sharded along the
 ``"data"`` axis of a mesh over all devices of all hosts (what ``pmap`` became in current

@@ -296,12 +296,11 @@ def structural_partners(
   kind, weights = _marginal_weights(marginals, x, None)
   gather = lambda a: jax.lax.all_gather(a, axis_name, tiled=True) if n > 1 else a
 
-  def rows(xl, gl, pl, *wl):
-    xa, ga = gather(xl), gather(gl)
-    pair_marginals = (wl[0], gather(wl[0])[pl]) if wl else kind
+  def rows(xl, gl, pl, *wl):  # each anchor's partners, gathered from the batch by rerank
+    pair_marginals = (wl[0], gather(wl[0])) if wl else kind
     return matching.rerank(
-        xl, xa[pl], gl, ga[pl], quantity=quantity, marginals=pair_marginals, mass=mass,
-        **options
+        xl, gather(xl), gl, gather(gl), indices=pl, quantity=quantity,
+        marginals=pair_marginals, mass=mass, **options
     )
 
   args = (x, g, partners) + (weights or ())
