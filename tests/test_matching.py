@@ -243,6 +243,23 @@ def test_symmetric_pairwise_solves_each_unordered_pair_once_like_the_full_path(
       assert abs(sym[i, j] - ref) < 1e-5
 
 
+@pytest.mark.parametrize("n,block_size", [
+    (2, 256),  # one item per block, two blocks
+    (5, 4),  # 3 blocks of 2 (odd), the last one padded
+    (8, 4),  # 4 blocks (even): the opposite blocks meet twice, once is kept
+    (39, 4),  # 20 blocks: each block's 11 partners in 3 tiles of 4, one offset unused
+    (41, 9),  # 14 blocks of 3: partners in 2 tiles of 4
+])
+def test_symmetric_pairwise_covers_every_pair_once_for_any_tiling(n, block_size):
+  """Block I meets blocks I .. I + nb // 2 (cyclically): every pair, whatever the tiling."""
+  rng = np.random.default_rng(n)
+  xs = np.maximum(rng.normal(size=(n, 4, 8)), 0).astype(np.float32)
+  kw = dict(block_size=block_size, **TIGHT)
+  sym = np.asarray(matching.pairwise(xs, **kw))
+  np.testing.assert_array_equal(sym, sym.T)
+  np.testing.assert_allclose(sym, matching.pairwise(xs, xs, **kw), atol=1e-5)
+
+
 def test_symmetric_pairwise_at_default_tolerance_and_for_one_item():
   xs, ys = batch("half shared", 7, seed=13)
   x = np.concatenate([xs, ys])
