@@ -292,14 +292,19 @@ def test_dgml_trains_evaluates_and_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("make_config", [
-    lambda: vit_config(**{"data.image_size": 32, "data.resize_size": 32}), dgml_config],
+    lambda: vit_config(**{"data.image_size": 32, "data.resize_size": 32,
+                          "optimizer.lr": 2e-4}),
+    dgml_config],
     ids=["vit_diml", "dgml"])
 @pytest.mark.slow
 def test_training_steps_lower_the_loss_on_a_fixed_batch(make_config):
   """30 updates on one batch: the last 10 losses average below 90% of the first. (Over a
   few steps of fresh batches the losses of these tiny random networks are flat within
   their noise; DGML's, whose groups keep collapsing and being pushed apart by the
-  diversity term at this learning rate, jumps between about 0.75 and 1.3.)"""
+  diversity term at this learning rate, jumps between about 0.75 and 1.3. At the tests'
+  usual 1e-3 the tiny ViT's loss falls for about 20 updates and then, depending on
+  rounding-level differences in the matching, may jump back to its first value and stay
+  there; at 2e-4 it descends steadily.)"""
   history, _ = train_on_one_batch(make_config(), single_axis_mesh(1), steps=30)
   assert np.all(np.isfinite(history))
   assert np.mean(history[-10:]) < 0.9 * history[0], history
