@@ -36,6 +36,7 @@ import os
 import subprocess
 import sys
 import time
+import timeit
 
 import jax
 import jax.numpy as jnp
@@ -102,35 +103,25 @@ def torch_rerank(q, gq, cand, gc):
 
 
 # --- timing -----------------------------------------------------------------------------
-def best_times(fns: dict, repeats: int, burst_s: float = 0.2) -> dict:
+def best_times(fns: dict, repeats: int) -> dict:
   """Per-call wall time of each function, as ``timeit`` measures it: the best over
-  ``repeats`` bursts of back-to-back calls, each burst at least ``burst_s`` long (after
-  one warm-up call), divided by the calls in the burst; the functions' bursts alternate.
+  ``repeats`` bursts of back-to-back calls, each burst as many calls as take at least
+  0.2 s (``Timer.autorange``, after one warm-up call), divided by the calls in the burst;
+  the functions' bursts alternate.
 
   On these (virtual) machines a call that starts after a core has been idle, or busy
   with another program, runs up to ~40% slower for a few milliseconds: one call of a
   10 ms function pays that in full, one call of a 130 ms function amortises it. Bursts
   put both in the same steady state.
   """
-  number = {}
-  for k, f in fns.items():
+  timers = {k: timeit.Timer(f) for k, f in fns.items()}
+  for f in fns.values():
     f()
-    number[k] = 1
-    while True:  # timeit's autorange: 1, 2, 5, 10, 20, ... calls until a burst is long enough
-      t = time.perf_counter()
-      for _ in range(number[k]):
-        f()
-      if time.perf_counter() - t >= burst_s:
-        break
-      number[k] *= 2.5 if str(number[k])[0] == "2" else 2
-      number[k] = int(number[k])
+  number = {k: timer.autorange()[0] for k, timer in timers.items()}
   best = {k: float("inf") for k in fns}
   for _ in range(repeats):
-    for k, f in fns.items():
-      t = time.perf_counter()
-      for _ in range(number[k]):
-        f()
-      best[k] = min(best[k], (time.perf_counter() - t) / number[k])
+    for k, timer in timers.items():
+      best[k] = min(best[k], timer.timeit(number[k]) / number[k])
   return best
 
 

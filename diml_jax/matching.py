@@ -355,30 +355,32 @@ def _sinkhorn_rounds(data, make, mu, nu, opts: SinkhornOptions):
   pad = -p % sub
   padded = lambda a, value=0: jnp.pad(
       a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), constant_values=value)
-  data, mu, nu = map(padded, (data, mu, nu))
 
   def gathered(state, first_pending):
     f, g, error, iterations = state
+    problems = tuple(map(padded, (data, mu, nu)))
     f, g, iterations = map(padded, (f, g, iterations))
     error = padded(error, 0.0)
     running = error > opts.threshold
     # Stragglers first, in order: the indices of the running pairs, then the others
     # (a stable partition; cheaper than sorting).
     first, second = jnp.cumsum(running), jnp.cumsum(~running)
-    position = jnp.where(running, first - 1, first[-1] + second - 1)
+    stragglers = first[-1]
+    position = jnp.where(running, first - 1, stragglers + second - 1)
     order = jnp.zeros_like(position).at[position].set(
         jnp.arange(position.size, dtype=position.dtype), unique_indices=True)
 
     def sub_block(i, state):
       idx = jax.lax.dynamic_slice_in_dim(order, i * sub, sub)
+      problem = tuple(a[idx] for a in problems)
       local = tuple(a[idx] for a in state)
       if first_pending:
-        local = finish_first(data[idx], mu[idx], nu[idx], local)
-      new = more_rounds(data[idx], mu[idx], nu[idx], local)
+        local = finish_first(*problem, local)
+      new = more_rounds(*problem, local)
       return tuple(a.at[idx].set(b) for a, b in zip(state, new))
 
     f, g, error, iterations = jax.lax.fori_loop(
-        0, (jnp.sum(running) + sub - 1) // sub, sub_block, (f, g, error, iterations))
+        0, (stragglers + sub - 1) // sub, sub_block, (f, g, error, iterations))
     return f[:p], g[:p], iterations[:p], error[:p]
 
   if not half:
@@ -387,7 +389,7 @@ def _sinkhorn_rounds(data, make, mu, nu, opts: SinkhornOptions):
   # first round first (gathering most of a block would only cost time).
   return jax.lax.cond(
       jnp.sum(state[2] > opts.threshold) <= sub, lambda s: gathered(s, True),
-      lambda s: gathered(finish_first(data[:p], mu[:p], nu[:p], s), False), state)
+      lambda s: gathered(finish_first(data, mu, nu, s), False), state)
 
 
 # Ridges for the implicit system, as OTT's docs advise: the kernel ridge fixes the free
