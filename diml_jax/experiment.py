@@ -116,6 +116,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"config.loss.partial_mass={mass!r} must be a number in (0, 1]: the fraction p of "
         f"each image's part weight that is matched (1 = ordinary matching).")
+  query_decay = config.optimizer.query_weight_decay
+  if query_decay is not None:
+    if model.head != "grouping":
+      raise ValueError(
+          f"config.optimizer.query_weight_decay={query_decay} is the weight decay of DGML's "
+          f"group queries (model.head='grouping'): set --config.model.head=grouping or "
+          f"--config.optimizer.query_weight_decay=None.")
+    if not query_decay >= 0:
+      raise ValueError(f"config.optimizer.query_weight_decay={query_decay} must be >= 0.")
   if not loss.diversity_weight >= 0:
     raise ValueError(f"config.loss.diversity_weight={loss.diversity_weight} must be >= 0.")
   if model.head == "grouping":
@@ -288,7 +297,9 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
   decay is added to the gradients before Adam, as ``torch.optim.Adam(weight_decay=...)``
   in the published code, or decoupled (AdamW). The margin loss's ``beta`` has its own
   learning rate and no weight decay; ProxyAnchor's proxies train ``lr_multiplier`` times
-  faster. A frozen backbone gets no updates at all (not even weight decay).
+  faster. A frozen backbone gets no updates at all (not even weight decay). DGML's group
+  queries take ``query_weight_decay`` when it is set (the reference DGML code's
+  ``que_decay``, ``outline.set_lr``), else ``weight_decay`` like the rest of the model.
   """
   opt = config.optimizer
   lr = optax.piecewise_constant_schedule(
@@ -307,6 +318,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
       "proxies": adam(
           lambda step: lr(step) * config.loss.proxyanchor.lr_multiplier, opt.weight_decay
       ),
+      "queries": adam(lr, opt.query_weight_decay),
   }
   frozen = config.model.freeze_backbone
   labels = {
@@ -316,6 +328,11 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
       },
       "loss": {name: name for name in params["loss"]},
   }
+  if opt.query_weight_decay is not None:
+    labels["model"]["grouping"] = {
+        name: "queries" if name == "queries" else "model"
+        for name in params["model"]["grouping"]
+    }
   used = set(jax.tree.leaves(labels))
   return optax.multi_transform({k: v for k, v in transforms.items() if k in used}, labels)
 
