@@ -15,7 +15,7 @@ import optax
 import pytest
 import torch
 
-from configs import cars_dgml, cub_dgml, cub_vit_diml, sop_dgml
+from configs import cars_dgml, cub_dgml, cub_vit_diml, inshop_dgml, sop_dgml
 from diml_jax import eval_lib, experiment, losses, models, partial, train_lib
 from diml_jax.models.head import grid_pool_matrix
 from tests.models.torch_reference import TorchViT
@@ -235,12 +235,13 @@ def test_the_two_configs_pass_the_checks():
       "grouping", 3, 0.02)
 
 
-# The reference DGML code's configs/{cub200,cars196,online_products}.yaml: n_epochs, tau,
+# The reference DGML code's configs/{cub200,cars196,online_products,in_shop}.yaml: n_epochs, tau,
 # ft_params_lr, decay, que_decay, loss_margin_beta_lr, lam_div.
 @pytest.mark.parametrize("module, data_name, recipe", [
     (cub_dgml, "cub200", (100, (55,), 1e-5, 3e-3, 1e-3, 5e-5, 0.02)),
     (cars_dgml, "cars196", (200, (100,), 1e-5, 2e-3, 1e-3, 5e-5, 0.01)),
     (sop_dgml, "sop", (150, (100,), 9e-6, 3e-4, 1e-4, 1e-5, 0.03)),
+    (inshop_dgml, "inshop", (150, (100,), 1e-5, 3e-4, 1e-4, 5e-5, 0.03)),
 ])
 def test_dgml_configs_hold_the_reference_recipe(module, data_name, recipe):
   c = module.get_config()
