@@ -41,8 +41,8 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.data.max_test_per_class = 0  # evaluate on at most this many images a class (0 = all)
 
   c.model = ml_collections.ConfigDict()
-  c.model.backbone = "resnet50"  # resnet18/34/50/101, efficientnet_lite0, resnet_tiny, ...
-  c.model.pretrained = True      # ImageNet weights (torchvision ResNet-50, packaged Lite0)
+  c.model.backbone = "resnet50"  # resnet18/34/50/101, efficientnet_lite0, bninception, ...
+  c.model.pretrained = True      # ImageNet weights (ResNet-50, Lite0, BN-Inception)
   c.model.frozen_bn = True       # batch norm in inference mode, as in the papers
   c.model.freeze_backbone = False
   c.model.embed_dim = 128

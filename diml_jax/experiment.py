@@ -30,6 +30,7 @@ BACKBONES = {
     "resnet_tiny": models.ResNetTiny,
     "efficientnet_lite0": models.EfficientNetLite0,
     "efficientnet_lite_tiny": models.EfficientNetLiteTiny,
+    "bninception": models.BNInception,
     "vit_s16": models.ViTS16,
     "vit_b16": models.ViTB16,
     "vit_tiny": models.ViTTiny,
@@ -38,9 +39,9 @@ BACKBONES = {
 VITS = ("vit_s16", "vit_b16", "vit_tiny")
 # Backbones whose ImageNet weights imagenet_variables() can provide; any backbone loads
 # a weight file given as config.model.weights (timm/DeiT state dicts for the ViTs).
-PRETRAINED = ("resnet50", "efficientnet_lite0")
+PRETRAINED = ("resnet50", "efficientnet_lite0", "bninception")
 # Classifier keys of weight files, left out (the models have no classifier).
-_CLASSIFIERS = {"vit": ("head.",), "cnn": ("fc.", "_fc.")}
+_CLASSIFIERS = {"vit": ("head.",), "cnn": ("fc.", "_fc.", "last_linear.")}
 HEADS = ("embedding", "grouping")
 MARGINALS = ("cross", "uniform", "rollout")
 LOSSES = ("margin", "multisimilarity", "proxyanchor", "triplet", "contrastive")
@@ -93,7 +94,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(
           f"config.data.image_size={config.data.image_size} must be a multiple of 16, the "
           f"patch size of {model.backbone}.")
-  elif model.rollout_blocks:
+  elif model.backbone == "bninception" and config.data.image_size % 32:
+    raise ValueError(
+        f"config.data.image_size={config.data.image_size} must be a multiple of 32 for "
+        f"bninception, whose stride-2 blocks need even feature maps (224 is the usual).")
+  if not vit and model.rollout_blocks:
     raise ValueError(
         f"config.model.rollout_blocks={model.rollout_blocks} applies to ViT backbones "
         f"{VITS} only, not {model.backbone!r}: set --config.model.rollout_blocks=0.")
