@@ -362,9 +362,11 @@ def test_vit_diml_trains_evaluates_and_checkpoints(tmp_path):
 @pytest.mark.slow
 def test_dgml_trains_evaluates_and_checkpoints(tmp_path):
   config = dgml_config(**{"steps_per_epoch": 6, "num_epochs": 2, "eval.every_epochs": 2,
-                          "checkpoint_every_steps": 4, "log_every_steps": 1})
+                          "checkpoint_every_steps": 4, "log_every_steps": 1,
+                          "optimizer.query_weight_decay": 1e-4, "eval.with_nmi": True})
   results = train_lib.train_and_evaluate(config, str(tmp_path))
   assert set(results["metrics"]) == {"0"}
+  assert 0 <= results["nmi"] <= 1 and 0 <= results["f1"] <= 1  # DGML's clustering scores
   for name in ("best.json", "checkpoints/12", "eval/step_12/retrieval_metrics.json",
                "eval/step_12/embeddings_grid4_px32.npz"):
     assert (tmp_path / name).exists(), name
