@@ -126,8 +126,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if model.head != "grouping":
       raise ValueError(
           f"config.optimizer.query_weight_decay={query_decay} is the weight decay of DGML's "
-          f"group queries (model.head='grouping'): set --config.model.head=grouping or "
-          f"--config.optimizer.query_weight_decay=None.")
+          f"group queries (model.head='grouping'): set --config.model.head=grouping, or "
+          f"leave optimizer.query_weight_decay unset.")
     if not query_decay >= 0:
       raise ValueError(f"config.optimizer.query_weight_decay={query_decay} must be >= 0.")
   if not loss.diversity_weight >= 0:
@@ -323,7 +323,6 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
       "proxies": adam(
           lambda step: lr(step) * config.loss.proxyanchor.lr_multiplier, opt.weight_decay
       ),
-      "queries": adam(lr, opt.query_weight_decay),
   }
   frozen = config.model.freeze_backbone
   labels = {
@@ -334,6 +333,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
       "loss": {name: name for name in params["loss"]},
   }
   if opt.query_weight_decay is not None:
+    transforms["queries"] = adam(lr, opt.query_weight_decay)
     labels["model"]["grouping"] = {
         name: "queries" if name == "queries" else "model"
         for name in params["model"]["grouping"]
