@@ -3,12 +3,13 @@
 Layout under ``root`` (the benchmark's folder, ``img.zip`` extracted)::
 
   Eval/list_eval_partition.txt    (or directly under root)
-  img/WOMEN/Dresses/id_00000002/02_1_front.jpg ...
+  img/WOMEN/Dresses/id_00000002/02_1_front.jpg ...   (or Img/img/..., img.zip extracted
+                                                      where the download puts it)
 
 ``list_eval_partition.txt`` holds the number of images, the header line
 ``image_name item_id evaluation_status``, then one line per image:
 ``img/WOMEN/Dresses/id_00000002/02_1_front.jpg id_00000002 train``, with image paths
-relative to ``root``. An item (one garment, ``id_00000002`` -> class id 2) is a class.
+relative to the folder holding ``img/``. An item (one garment, ``id_00000002`` -> class id 2) is a class.
 
 The benchmark's split is by item: 25,882 training images of 3,997 items, and for testing
 14,218 query images against 12,612 gallery images, of 3,985 other items. Splits:
@@ -41,7 +42,7 @@ _STATUSES = ("train", "query", "gallery")
 _EXPECTED = (
     f"Eval/{_LIST} (or {_LIST}): the image count, the header line "
     f"'{' '.join(_HEADER)}', then one line per image",
-    "img/<gender>/<category>/id_NNNNNNNN/*.jpg  the images, paths relative to the root",
+    "img/<gender>/<category>/id_NNNNNNNN/*.jpg (or Img/img/...)  the images",
 )
 
 
@@ -105,7 +106,8 @@ def load(root: epath.PathLike, split: str) -> dataset_lib.Dataset:
     raise ValueError(f"split={split!r} is unknown for {NAME}: use one of {SPLITS}.")
   root = epath.Path(root)
   paths, class_ids, status = read_list(find_list(root))
-  if not (root / "img").is_dir():
+  images = next((folder for folder in (root, root / "Img") if (folder / "img").is_dir()), None)
+  if images is None:
     raise dataset_lib.layout_error(NAME, root, _EXPECTED, dataset_lib.describe_contents(root))
   if split == "train":
     keep = np.flatnonzero(status == "train")
@@ -114,7 +116,7 @@ def load(root: epath.PathLike, split: str) -> dataset_lib.Dataset:
                            np.flatnonzero(status == "gallery")])
   dataset = dataset_lib.from_class_ids(
       NAME, "train" if split == "train" else "test",
-      images=dataset_lib.Files(tuple(str(root / paths[i]) for i in keep)),
+      images=dataset_lib.Files(tuple(str(images / paths[i]) for i in keep)),
       class_ids=class_ids[keep],
       names_by_id={int(c): f"id_{c:08d}" for c in class_ids[keep]},
       is_query=None if split == "train" else status[keep] == "query")

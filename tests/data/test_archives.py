@@ -125,10 +125,14 @@ def _item_of(dataset, i):
   return int(dataset.images.describe(i).split("/id_")[1].split("/")[0])
 
 
-@pytest.mark.parametrize("list_at_root", [False, True])
-def test_inshop_splits(inshop_root, list_at_root):
+@pytest.mark.parametrize("list_at_root, images_in_img_folder", [
+    (False, False), (True, False), (False, True)])
+def test_inshop_splits(inshop_root, list_at_root, images_in_img_folder):
   if list_at_root:
     shutil.move(inshop_root / "Eval" / "list_eval_partition.txt", inshop_root)
+  if images_in_img_folder:  # img.zip extracted in Img/, where the download has it
+    (inshop_root / "Img").mkdir()
+    shutil.move(inshop_root / "img", inshop_root / "Img" / "img")
   train = data.load("inshop", "train", inshop_root)
   test = data.load("inshop", "test", inshop_root)
   np.testing.assert_array_equal(train.class_ids, [1, 2, 3])
@@ -140,6 +144,7 @@ def test_inshop_splits(inshop_root, list_at_root):
   np.testing.assert_array_equal(test.is_query, [True] * 3 + [False] * 9)
   assert [_item_of(test, i) for i in range(len(test))] == [7, 7, 8] + [7, 7, 8, 8, 8] + [9] * 4
   assert test.images.describe(0).endswith("id_00000007/00_1_front.jpg")
+  assert test.images[0] and train.images[5]  # the files are where the paths say
   assert test.images.describe(3).endswith("id_00000007/01_1_front.jpg")
   _check_contiguous(test)
   for dataset in (train, test):  # each label is its image's item
@@ -190,7 +195,8 @@ def test_inshop_wrong_layout_and_split(inshop_root, tmp_path):
     data.load("inshop", "train", tmp_path / "nowhere")
   assert "Eval/list_eval_partition.txt" in str(error.value) and "does not exist" in str(error.value)
   shutil.rmtree(inshop_root / "img")
-  with pytest.raises(FileNotFoundError, match=r"img/<gender>/<category>/id_NNNNNNNN/\*\.jpg"):
+  with pytest.raises(FileNotFoundError, match=r"img/<gender>/<category>/id_NNNNNNNN/\*\.jpg"
+                                              r" \(or Img/img/\.\.\.\)"):
     data.load("inshop", "test", inshop_root)
   with pytest.raises(ValueError, match=r"split='val' is unknown for inshop: use one of"
                                        r" \('train', 'test', 'query', 'gallery'\)"):
