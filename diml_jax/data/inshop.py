@@ -9,7 +9,8 @@ Layout under ``root`` (the benchmark's folder, ``img.zip`` extracted)::
 ``list_eval_partition.txt`` holds the number of images, the header line
 ``image_name item_id evaluation_status``, then one line per image:
 ``img/WOMEN/Dresses/id_00000002/02_1_front.jpg id_00000002 train``, with image paths
-relative to the folder holding ``img/``. An item (one garment, ``id_00000002`` -> class id 2) is a class.
+relative to the folder holding ``img/``. An item (one garment, ``id_00000002`` -> class
+id 2) is a class.
 
 The benchmark's split is by item: 25,882 training images of 3,997 items, and for testing
 14,218 query images against 12,612 gallery images, of 3,985 other items. Splits:
