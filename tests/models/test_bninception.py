@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from configs import common
 from diml_jax import data, experiment
 from diml_jax.models import (BNINCEPTION_IMAGENET, BNInception, EmbeddingModel,
                              backbone_variables, imagenet_variables)
@@ -13,6 +14,13 @@ from diml_jax.models import pretrained
 from diml_jax.models.bninception import max_pool_ceil
 from tests.models.helpers import assert_rel_close
 from tests.models.torch_reference import TorchBNInception, randomize_batch_norm
+
+
+def experiment_config(image_size):
+  """The papers' CUB margin config with BN-Inception at ``image_size`` px."""
+  c = common.paper("cub", "margin", diml=False)
+  c.model.backbone, c.data.image_size = "bninception", image_size
+  return c
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +103,6 @@ def test_odd_maps_before_a_stride_2_block_are_named():
   config = experiment_config(image_size=240)
   with pytest.raises(ValueError, match=r"image_size=240 must be a multiple of 32 for"):
     experiment.check_config(config)
-
-
-def experiment_config(image_size):
-  from configs import common  # pylint: disable=g-import-not-at-top
-  c = common.paper("cub", "margin", diml=False)
-  c.model.backbone, c.data.image_size = "bninception", image_size
-  return c
 
 
 def test_config_builds_bninception_with_a_224_px_map():
