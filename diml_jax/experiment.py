@@ -298,7 +298,9 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
                    steps_per_epoch: int) -> optax.GradientTransformation:
   """Adam with one learning rate per parameter group (backbone+head, beta, proxies).
 
-  The model's learning rate decays by ``decay_factor`` at each of ``decay_epochs``. Weight
+  Every learning rate (beta's and the proxies' too, as ``torch.optim.lr_scheduler.MultiStepLR``
+  in the published DIML and DGML code) is multiplied by ``decay_factor`` at each of
+  ``decay_epochs``. Weight
   decay is added to the gradients before Adam, as ``torch.optim.Adam(weight_decay=...)``
   in the published code, or decoupled (AdamW). The margin loss's ``beta`` has its own
   learning rate and no weight decay; ProxyAnchor's proxies train ``lr_multiplier`` times
@@ -307,9 +309,10 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
   ``que_decay``, ``outline.set_lr``), else ``weight_decay`` like the rest of the model.
   """
   opt = config.optimizer
-  lr = optax.piecewise_constant_schedule(
-      opt.lr, {int(e * steps_per_epoch): opt.decay_factor for e in opt.decay_epochs}
+  decay = optax.piecewise_constant_schedule(
+      1.0, {int(e * steps_per_epoch): opt.decay_factor for e in opt.decay_epochs}
   )
+  lr = lambda step: opt.lr * decay(step)
 
   def adam(learning_rate, weight_decay):
     if opt.decoupled_weight_decay:
@@ -319,7 +322,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
   transforms = {
       "model": adam(lr, opt.weight_decay),
       "frozen": optax.set_to_zero(),
-      "beta": optax.adam(config.loss.margin.beta_lr),
+      "beta": optax.adam(lambda step: config.loss.margin.beta_lr * decay(step)),
       "proxies": adam(
           lambda step: lr(step) * config.loss.proxyanchor.lr_multiplier, opt.weight_decay
       ),
