@@ -250,7 +250,7 @@ def test_dgml_configs_hold_the_reference_recipe(module, data_name, recipe):
       data_name, "resnet50", "grouping", "margin", False)
   assert (c.model.num_groups, experiment.embedding_dim(c), c.batch_size,
           c.images_per_class) == (3, 170, 112, 2)
-  assert (c.loss.margin.margin, c.loss.margin.beta, c.loss.margin.cutoff) == (0.2, 1.2, 0.5)
+  assert (c.loss.margin.margin, c.loss.margin.beta) == (0.2, 1.2)
   assert (c.num_epochs, tuple(c.optimizer.decay_epochs), c.optimizer.lr,
           c.optimizer.weight_decay, c.optimizer.query_weight_decay, c.loss.margin.beta_lr,
           c.loss.diversity_weight) == recipe
