@@ -70,6 +70,8 @@ def baseline(dataset: str, recipe: str, embed_dim: int = 128) -> ml_collections.
   c = common.paper(dataset, RECIPES[recipe][1]["loss.name"], diml=False)
   c.num_epochs = EPOCHS[dataset]
   c.model.embed_dim = embed_dim
+  # The published distance-weighted miner assumes a 128-d sphere whatever the embedding.
+  c.loss.mining.dim = 128
   settings = dict(RECIPES[recipe][1], **(SOP.get(recipe, {}) if dataset == "sop" else {}))
   for key, value in settings.items():
     *path, last = key.split(".")

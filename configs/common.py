@@ -63,8 +63,9 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.loss.partial_mass = 1.0      # p: matched fraction of part weight (partial similarity)
   c.loss.diversity_weight = 0.0  # DGML's diversity loss (model.head="grouping")
   # Each loss's settings, the published code's defaults (parameters.py of the DIML code).
-  # nonzero_loss_cutoff: 0 = off, as in the published code (Wu et al. use 1.4).
-  c.loss.mining = dict(cutoff=0.5, nonzero_loss_cutoff=0.0, semihard_margin=0.2)
+  # Distance-weighted miner: nonzero_loss_cutoff 0 = off, as in the published code (Wu et
+  # al. use 1.4); dim, the sphere's dimension, 0 = the embedding's.
+  c.loss.mining = dict(cutoff=0.5, nonzero_loss_cutoff=0.0, dim=0, semihard_margin=0.2)
   c.loss.margin = dict(margin=0.2, beta=1.2, beta_lr=5e-4)
   c.loss.multisimilarity = dict(pos_weight=2.0, neg_weight=40.0, margin=0.1, threshold=0.5)
   c.loss.triplet = dict(margin=0.2, squared=True, reduction="mean")

@@ -123,7 +123,8 @@ def _sample(c: ml_collections.ConfigDict, key, g: jax.Array, labels) -> miners.S
   d = quantities.euclidean_distance(g)
   m = c.mining
   if c.miner == "distance":
-    return miners.distance_weighted(key, d, labels, dim=g.shape[-1], cutoff=m.cutoff,
+    return miners.distance_weighted(key, d, labels, dim=m.dim or g.shape[-1],
+                                    cutoff=m.cutoff,
                                     nonzero_loss_cutoff=m.nonzero_loss_cutoff or None)
   if c.miner == "semihard":
     return miners.semihard(key, d, labels, margin=m.semihard_margin)

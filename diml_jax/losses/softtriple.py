@@ -25,7 +25,7 @@ def init_centroids(key: jax.Array, n_classes: int, dim: int, n_centroids: int = 
 
 
 def centroid_similarity(embeddings: jax.Array, centroids: jax.Array) -> jax.Array:
-  """Cosines of embeddings ``[b, d]`` and centroids ``[n_classes, k, d]`` -> ``[b, n_classes, k]``."""
+  """Cosines ``[b, n_classes, k]`` of embeddings ``[b, d]`` and centroids ``[n_classes, k, d]``."""
   c, k, d = centroids.shape
   return quantities.cosine_similarity(embeddings, centroids.reshape(c * k, d)).reshape(-1, c, k)
 
