@@ -452,6 +452,8 @@ def quadruplet_negatives(key: jax.Array, labels: jax.Array,
   if negative.shape != labels.shape or not jnp.issubdtype(negative.dtype, jnp.integer):
     raise ValueError(f"negative must be int indices {list(labels.shape)}; got "
                      f"{negative.dtype}{list(negative.shape)}.")
-  other = ((labels[None, :] != labels[:, None])
-           & (labels[None, :] != labels[negative][:, None]))
-  return _uniform_choice(key, other)
+  same = labels[None, :] == labels[:, None]
+  # Row negative[a] of `same`, as a product with a one-hot (a gather by a batch-sharded
+  # index does not lower under an explicit-sharding mesh).
+  same_as_negative = jax.nn.one_hot(negative, labels.shape[0]) @ same.astype(jnp.float32) > 0
+  return _uniform_choice(key, ~same & ~same_as_negative)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from diml_jax import miners
+from diml_jax.losses import quantities
 from diml_jax.losses._reduce import LossOutput, average
 
 __all__ = ["quadruplet_loss"]
@@ -48,7 +49,10 @@ def quadruplet_loss(
   triplet = sampled.has_positive & sampled.has_negative
   d_ap = jnp.take_along_axis(distances, sampled.positive[:, None], axis=1)[:, 0]
   d_an = jnp.take_along_axis(distances, sampled.negative[:, None], axis=1)[:, 0]
-  d_nn = distances[sampled.negative, index]
+  # Row n of the whole matrix for each anchor's negative n, as a one-hot product: a gather
+  # by batch-sharded indices does not lower under an explicit-sharding mesh.
+  rows = jax.nn.one_hot(sampled.negative, labels.shape[0]) @ quantities.replicated(distances)
+  d_nn = jnp.take_along_axis(rows, index[:, None], axis=1)[:, 0]
   first = average(jax.nn.relu(d_ap - d_an + margin_1), triplet)
   second = average(jax.nn.relu(d_ap - d_nn + margin_2), triplet & found)
   selected = first.selected + second.selected

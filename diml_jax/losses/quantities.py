@@ -31,6 +31,7 @@ __all__ = [
     "cosine_similarity",
     "euclidean_distance",
     "inner_product",
+    "replicated",
     "structural_matrix",
     "structural_partners",
 ]
@@ -63,7 +64,7 @@ def check_class_similarity(similarity, labels) -> tuple[jax.Array, jax.Array]:
   return similarity, labels
 
 
-def _replicated(x: jax.Array) -> jax.Array:
+def replicated(x: jax.Array) -> jax.Array:
   """``x`` made whole on every device if its type carries an explicit sharding.
 
   Under a mesh with ``AxisType.Explicit`` axes (``jax.make_mesh``'s default) a batch
@@ -83,7 +84,7 @@ def cosine_similarity(x: jax.Array, y: jax.Array | None = None) -> jax.Array:
   explicit-sharding mesh).
   """
   x = matching.normalize(check_embeddings("x", x))
-  y = _replicated(x if y is None else matching.normalize(check_embeddings("y", y)))
+  y = replicated(x if y is None else matching.normalize(check_embeddings("y", y)))
   if y.shape[1] != x.shape[1]:
     raise ValueError(f"x [b, d] and y [m, d] need the same d; got {x.shape} and {y.shape}.")
   return x @ y.T
@@ -93,7 +94,7 @@ def inner_product(x: jax.Array, y: jax.Array | None = None) -> jax.Array:
   """Inner products of unnormalised embeddings ``x [b, d]`` and ``y [m, d]`` (default
   ``x``) -> ``[b, m]`` (the N-pair and angular losses' similarity)."""
   x = check_embeddings("x", x)
-  y = _replicated(x if y is None else check_embeddings("y", y))
+  y = replicated(x if y is None else check_embeddings("y", y))
   if y.shape[1] != x.shape[1]:
     raise ValueError(f"x [b, d] and y [m, d] need the same d; got {x.shape} and {y.shape}.")
   return x @ y.T
@@ -112,7 +113,7 @@ def euclidean_distance(x: jax.Array, y: jax.Array | None = None, *,
     return jnp.sqrt(jnp.maximum(2.0 - 2.0 * cosine_similarity(x, y), 0.0) + _DISTANCE_FLOOR)
   x = check_embeddings("x", x)
   y = x if y is None else check_embeddings("y", y)
-  squared = (jnp.sum(x * x, axis=1)[:, None] + _replicated(jnp.sum(y * y, axis=1))[None, :]
+  squared = (jnp.sum(x * x, axis=1)[:, None] + replicated(jnp.sum(y * y, axis=1))[None, :]
              - 2.0 * inner_product(x, y))
   return jnp.sqrt(jnp.maximum(squared, 0.0) + _DISTANCE_FLOOR)
 

@@ -25,7 +25,8 @@ def snr_distance(embeddings: jax.Array) -> jax.Array:
   centred = x - jnp.mean(x, axis=1, keepdims=True)
   norms = jnp.sum(centred * centred, axis=1)
   # sum over features of (c_i - c_j)^2 (the centred difference): its variance times d - 1.
-  noise = norms[:, None] + norms[None, :] - 2.0 * quantities.inner_product(centred)
+  noise = (norms[:, None] + quantities.replicated(norms)[None, :]
+           - 2.0 * quantities.inner_product(centred))
   return jnp.maximum(noise, 0.0) / jnp.maximum(norms, 1e-12)[:, None]
 
 
