@@ -51,5 +51,5 @@ def proxy_nca_loss(similarity: jax.Array, labels: jax.Array, *, scale: float = 3
   nearest_other = jnp.min(jnp.where(own, jnp.inf, d), axis=1)
   return LossOutput(loss=jnp.mean(d_own + others),
                     active_fraction=jnp.mean(d_own < nearest_other),
-                    selected=jnp.asarray(labels.shape[0]))
+                    selected=jnp.asarray(labels.shape[0], jnp.int32))
 

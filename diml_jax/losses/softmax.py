@@ -33,7 +33,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> LossOutput:
   own = jnp.take_along_axis(log_p, labels[:, None], axis=1)[:, 0]
   return LossOutput(loss=-jnp.mean(own),
                     active_fraction=jnp.mean(jnp.argmax(logits, axis=1) != labels),
-                    selected=jnp.asarray(labels.shape[0]))
+                    selected=jnp.asarray(labels.shape[0], jnp.int32))
 
 
 def normalized_softmax_loss(similarity: jax.Array, labels: jax.Array, *,
