@@ -294,8 +294,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
   transforms = {"model": adam(lr, opt.weight_decay), "frozen": optax.set_to_zero()}
   for name, rate in registry.learning_rates(config).items():
     value = (lambda step, f=rate.value: lr(step) * f) if rate.relative else rate.value
-    transforms[name] = (adam(value, opt.weight_decay) if rate.weight_decay
-                                  else optax.adam(value))
+    transforms[name] = adam(value, opt.weight_decay) if rate.weight_decay else optax.adam(value)
   frozen = config.model.freeze_backbone
   labels = {
       "model": {
