@@ -1,9 +1,13 @@
-"""Cars196 / multisimilarity: the baseline, evaluated with test-time DIML.
+"""Cars196 / multi-similarity loss.
 
-  python train.py --config configs/cars_multisimilarity.py --config.data.root=/path/to/data
+A baseline recipe of the published DIML code (the table in ``configs/baselines.py``),
+evaluated with test-time DIML.
+
+  python train.py --config configs/cars_multisimilarity.py --config.data.root=DIR
+  python eval.py --config configs/cars_multisimilarity.py --workdir runs/cars_multisimilarity
 """
-from configs import common
+from configs import baselines
 
 
 def get_config():
-  return common.paper("cars", "multisimilarity", diml=False)
+  return baselines.baseline("cars", "multisimilarity")

@@ -23,8 +23,8 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
 
   Args:
     dataset: ``"cub"``, ``"cars"``, ``"sop"`` or ``"inshop"``.
-    loss: ``"margin"``, ``"multisimilarity"``, ``"proxyanchor"``, ``"triplet"`` or
-      ``"contrastive"``.
+    loss: a name of ``diml_jax.losses.registry.LOSSES`` (``"margin"``,
+      ``"multisimilarity"``, ``"proxyanchor"``, ``"triplet"``, ...).
     diml: train on DIML's structural quantity (``margin_diml`` / ``multisimilarity_diml``)
       instead of the global embedding. Evaluation re-ranks structurally either way
       (test-time DIML).
@@ -48,6 +48,7 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.model.frozen_bn = True       # batch norm in inference mode, as in the papers
   c.model.freeze_backbone = False
   c.model.embed_dim = 128
+  c.model.normalize = True       # L2-normalised embeddings (the published *_normalize nets)
   c.model.grid_size = 4
   # The reference DIML code trains with the mean of the local embeddings as the global one.
   c.model.global_from = "grid" if diml else "feature_map"
@@ -59,17 +60,32 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.model.num_groups = 3         # DGML: groups, each of embed_dim // num_groups dimensions
 
   c.loss = ml_collections.ConfigDict()
-  c.loss.name = loss
+  c.loss.name = loss             # a name of diml_jax.losses.registry.LOSSES
   c.loss.diml = diml
+  c.loss.miner = "distance"      # tuple losses: distance, semihard, softhard, random, all
   c.loss.marginals = "cross"     # or "uniform", or "rollout" (ViTs: attention rollout)
   c.loss.partial_mass = 1.0      # p: matched fraction of part weight (partial similarity)
   c.loss.diversity_weight = 0.0  # DGML's diversity loss (model.head="grouping")
-  # nonzero_loss_cutoff: 0 = off, as in the published code (Wu et al. use 1.4).
-  c.loss.margin = dict(margin=0.2, beta=1.2, beta_lr=5e-4, cutoff=0.5, nonzero_loss_cutoff=0.0)
+  # Each loss's settings, the published code's defaults (parameters.py of the DIML code).
+  # Distance-weighted miner: nonzero_loss_cutoff 0 = off, as in the published code (Wu et
+  # al. use 1.4); dim, the sphere's dimension, 0 = the embedding's.
+  c.loss.mining = dict(cutoff=0.5, nonzero_loss_cutoff=0.0, dim=0, semihard_margin=0.2)
+  c.loss.margin = dict(margin=0.2, beta=1.2, beta_lr=5e-4)
   c.loss.multisimilarity = dict(pos_weight=2.0, neg_weight=40.0, margin=0.1, threshold=0.5)
+  c.loss.triplet = dict(margin=0.2, squared=True, reduction="mean")
+  c.loss.contrastive = dict(pos_margin=0.0, neg_margin=1.0, reduction="mean")
+  c.loss.quadruplet = dict(margin_1=0.2, margin_2=0.2)
+  c.loss.histogram = dict(num_bins=65)
+  c.loss.snr = dict(margin=0.2, reg_weight=0.0)
+  c.loss.npair = dict(l2_weight=0.005)
+  c.loss.angular = dict(alpha=45.0, angular_weight=2.0, l2_weight=0.005)
+  c.loss.lifted = dict(margin=1.0, l2_weight=0.005)
   c.loss.proxyanchor = dict(alpha=32.0, margin=0.1, lr_multiplier=100.0)
-  c.loss.triplet = dict(margin=0.2)
-  c.loss.contrastive = dict(pos_margin=0.0, neg_margin=1.0)
+  c.loss.proxynca = dict(scale=3.0, lr_multiplier=50.0)
+  c.loss.softtriple = dict(n_centroids=2, gamma=0.1, lam=8.0, margin=0.01, reg_weight=0.2,
+                           lr_multiplier=1.0)
+  c.loss.arcface = dict(margin=0.5, scale=16.0, lr=5e-4)
+  c.loss.softmax = dict(temperature=0.05, lr=1e-5)
 
   c.sinkhorn = ml_collections.ConfigDict()
   c.sinkhorn.epsilon = 0.05

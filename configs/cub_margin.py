@@ -1,9 +1,13 @@
-"""CUB-200-2011 / margin: the baseline, evaluated with test-time DIML.
+"""CUB-200-2011 / margin loss (beta 1.2), distance-weighted miner.
 
-  python train.py --config configs/cub_margin.py --config.data.root=/path/to/data
+A baseline recipe of the published DIML code (the table in ``configs/baselines.py``),
+evaluated with test-time DIML.
+
+  python train.py --config configs/cub_margin.py --config.data.root=DIR
+  python eval.py --config configs/cub_margin.py --workdir runs/cub_margin
 """
-from configs import common
+from configs import baselines
 
 
 def get_config():
-  return common.paper("cub", "margin", diml=False)
+  return baselines.baseline("cub", "margin")

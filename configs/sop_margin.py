@@ -1,9 +1,13 @@
-"""Stanford Online Products / margin: the baseline, evaluated with test-time DIML.
+"""Stanford Online Products / margin loss (beta 1.2), distance-weighted miner.
 
-  python train.py --config configs/sop_margin.py --config.data.root=/path/to/data
+A baseline recipe of the published DIML code (the table in ``configs/baselines.py``),
+evaluated with test-time DIML.
+
+  python train.py --config configs/sop_margin.py --config.data.root=DIR
+  python eval.py --config configs/sop_margin.py --workdir runs/sop_margin
 """
-from configs import common
+from configs import baselines
 
 
 def get_config():
-  return common.paper("sop", "margin", diml=False)
+  return baselines.baseline("sop", "margin")

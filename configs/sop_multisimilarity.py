@@ -1,9 +1,13 @@
-"""Stanford Online Products / multisimilarity: the baseline, evaluated with test-time DIML.
+"""Stanford Online Products / multi-similarity loss.
 
-  python train.py --config configs/sop_multisimilarity.py --config.data.root=/path/to/data
+A baseline recipe of the published DIML code (the table in ``configs/baselines.py``),
+evaluated with test-time DIML.
+
+  python train.py --config configs/sop_multisimilarity.py --config.data.root=DIR
+  python eval.py --config configs/sop_multisimilarity.py --workdir runs/sop_multisimilarity
 """
-from configs import common
+from configs import baselines
 
 
 def get_config():
-  return common.paper("sop", "multisimilarity", diml=False)
+  return baselines.baseline("sop", "multisimilarity")

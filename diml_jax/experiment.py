@@ -20,7 +20,8 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diml_jax import data, losses, models
+from diml_jax import data, models
+from diml_jax.losses import registry
 
 BACKBONES = {
     "resnet18": models.ResNet18,
@@ -44,8 +45,6 @@ PRETRAINED = ("resnet50", "efficientnet_lite0", "bninception")
 _CLASSIFIERS = {"vit": ("head.",), "cnn": ("fc.", "_fc.", "last_linear.")}
 HEADS = ("embedding", "grouping")
 MARGINALS = ("cross", "uniform", "rollout")
-LOSSES = ("margin", "multisimilarity", "proxyanchor", "triplet", "contrastive")
-DIML_LOSSES = ("margin", "multisimilarity", "triplet", "contrastive")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DATA_AXIS = "data"
 
@@ -103,13 +102,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f"config.model.rollout_blocks={model.rollout_blocks} applies to ViT backbones "
         f"{VITS} only, not {model.backbone!r}: set --config.model.rollout_blocks=0.")
   _one_of("model.head", model.head, HEADS)
-  _one_of("loss.name", loss.name, LOSSES)
-  if loss.diml and loss.name not in DIML_LOSSES:
-    raise ValueError(
-        f"config.loss.diml=True needs a pairwise loss {DIML_LOSSES}; {loss.name!r} "
-        f"compares images with class proxies. Train it with diml=False and evaluate with "
-        f"structural re-ranking (test-time DIML)."
-    )
+  registry.check(config)  # the loss's name, its miner, and whether it can train on DIML
   _one_of("loss.marginals", loss.marginals, MARGINALS)
   if loss.marginals == "rollout" and not vit:
     raise ValueError(
@@ -229,7 +222,7 @@ def build_model(config: ml_collections.ConfigDict
   return models.EmbeddingModel(
       backbone=backbone, embed_dim=c.embed_dim, grid_size=c.grid_size,
       global_from=c.global_from, freeze_backbone=c.freeze_backbone,
-      rollout_blocks=c.rollout_blocks or None,
+      rollout_blocks=c.rollout_blocks or None, normalize=c.normalize,
   )
 
 
@@ -261,8 +254,9 @@ class TrainState:
   """Everything that changes during training, and all that a checkpoint holds.
 
   ``params`` is ``{"model": ..., "loss": ...}`` (the loss's own parameters: margin's
-  ``beta``, ProxyAnchor's ``proxies``). The data sampler's position is ``step``: batches
-  are a function of ``(seed, step)``; so is each step's PRNG key.
+  ``beta``, proxies, centroids or class weights; :mod:`diml_jax.losses.registry`). The
+  data sampler's position is ``step``: batches are a function of ``(seed, step)``; so is
+  each step's PRNG key.
   """
 
   step: jax.Array
@@ -284,29 +278,26 @@ def init_variables(config: ml_collections.ConfigDict, model: models.EmbeddingMod
     variables = models.replace_backbone(variables,
                                         pretrained_backbone(config, model.backbone))
   # DGML's groups share the loss's parameters: one criterion applied to each group.
-  loss_params = {}
-  if config.loss.name == "margin":
-    loss_params["beta"] = losses.init_beta(num_classes, config.loss.margin.beta)
-  elif config.loss.name == "proxyanchor":
-    loss_params["proxies"] = losses.init_proxies(key_loss, num_classes,
-                                                 embedding_dim(config))
+  loss_params = registry.init_params(config, key_loss, num_classes, embedding_dim(config))
   params = {"model": variables["params"], "loss": loss_params}
   return params, dict(variables.get("batch_stats", {}))
 
 
 def make_optimizer(config: ml_collections.ConfigDict, params: Any,
                    steps_per_epoch: int) -> optax.GradientTransformation:
-  """Adam with one learning rate per parameter group (backbone+head, beta, proxies).
+  """Adam with one learning rate per parameter group: the model, and each loss parameter.
 
   Every learning rate (beta's and the proxies' too, as ``torch.optim.lr_scheduler.MultiStepLR``
   in the published DIML and DGML code) is multiplied by ``decay_factor`` at each of
   ``decay_epochs``. Weight
   decay is added to the gradients before Adam, as ``torch.optim.Adam(weight_decay=...)``
-  in the published code, or decoupled (AdamW). The margin loss's ``beta`` has its own
-  learning rate and no weight decay; ProxyAnchor's proxies train ``lr_multiplier`` times
-  faster. A frozen backbone gets no updates at all (not even weight decay). DGML's group
-  queries take ``query_weight_decay`` when it is set (the reference DGML code's
-  ``que_decay``, ``outline.set_lr``), else ``weight_decay`` like the rest of the model.
+  in the published code, or decoupled (AdamW). Each loss parameter (margin's ``beta``,
+  proxies, centroids, class weights) has the learning rate its registry entry gives
+  (:func:`diml_jax.losses.registry.learning_rates`): a fixed one, or a multiple of the
+  model's, with or without weight decay. A frozen backbone gets no updates at all (not
+  even weight decay). DGML's group queries take ``query_weight_decay`` when it is set
+  (the reference DGML code's ``que_decay``, ``outline.set_lr``), else ``weight_decay``
+  like the rest of the model.
   """
   opt = config.optimizer
   decay = optax.piecewise_constant_schedule(
@@ -319,21 +310,18 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
       return optax.adamw(learning_rate, weight_decay=weight_decay)
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
 
-  transforms = {
-      "model": adam(lr, opt.weight_decay),
-      "frozen": optax.set_to_zero(),
-      "beta": optax.adam(lambda step: config.loss.margin.beta_lr * decay(step)),
-      "proxies": adam(
-          lambda step: lr(step) * config.loss.proxyanchor.lr_multiplier, opt.weight_decay
-      ),
-  }
+  transforms = {"model": adam(lr, opt.weight_decay), "frozen": optax.set_to_zero()}
+  for name, rate in registry.learning_rates(config).items():
+    scale = lr if rate.relative else decay
+    value = lambda step, f=rate.value, scale=scale: scale(step) * f
+    transforms[name] = adam(value, opt.weight_decay) if rate.weight_decay else optax.adam(value)
   frozen = config.model.freeze_backbone
   labels = {
       "model": {
           name: "frozen" if frozen and name == "backbone" else "model"
           for name in params["model"]
       },
-      "loss": {name: name for name in params["loss"]},
+      "loss": {name: name for name in params["loss"]},  # e.g. "beta", "proxies"
   }
   if opt.query_weight_decay is not None:
     transforms["queries"] = adam(lr, opt.query_weight_decay)

@@ -14,6 +14,14 @@ Public functions:
 - :func:`all_triplets`, :func:`semihard_triplets`: triplet masks ``[b, b, b]``.
 - :func:`distance_weighted`: Wu et al.'s distance-weighted sampling, one positive and one
   negative per anchor.
+- :func:`random_triplets`, :func:`semihard`, :func:`softhard`: the published DIML /
+  Roth et al. triplet samplers (``batchminer/random.py``, ``semihard.py``, ``softhard.py``).
+- :func:`npair`: one positive per anchor, every other class as negatives (N-pair and
+  angular losses).
+- :func:`quadruplet_negatives`: the second negative of the quadruplet loss.
+
+The published code's lifted-structure miner (``batchminer/lifted.py``) selects every
+positive and every negative of each anchor: :func:`all_pairs`.
 """
 from __future__ import annotations
 
@@ -30,6 +38,13 @@ __all__ = [
     "all_triplets",
     "semihard_triplets",
     "distance_weighted",
+    "random_triplets",
+    "semihard",
+    "softhard",
+    "npair",
+    "quadruplet_negatives",
+    "check_labels",
+    "check_square",
 ]
 
 
@@ -68,6 +83,16 @@ class Sampled(NamedTuple):
     return jnp.stack([self.positive, self.negative], axis=1)
 
   @property
+  def triplets(self) -> jax.Array:
+    """The triplet ``(a, positive, negative)`` of each anchor that has both, as a
+    ``[b, b, b]`` mask indexed ``[a, p, n]`` (for :func:`diml_jax.losses.triplet_loss`)."""
+    b = self.positive.shape[0]
+    valid = self.has_positive & self.has_negative
+    p = jax.nn.one_hot(self.positive, b, dtype=bool)
+    n = jax.nn.one_hot(self.negative, b, dtype=bool)
+    return p[:, :, None] & n[:, None, :] & valid[:, None, None]
+
+  @property
   def pairs(self) -> PairMasks:
     """The two pairs of each anchor as masks over :attr:`partners`, ``[b, 2]``."""
     false = jnp.zeros_like(self.has_positive)
@@ -77,7 +102,8 @@ class Sampled(NamedTuple):
     )
 
 
-def _check_labels(labels, b: int | None = None, name: str = "labels") -> jax.Array:
+def check_labels(labels, b: int | None = None, name: str = "labels") -> jax.Array:
+  """``labels`` as integer class ids ``[b]``; a ``ValueError`` naming the shape otherwise."""
   labels = jnp.asarray(labels)
   if labels.ndim != 1 or (b is not None and labels.shape[0] != b):
     want = "[b]" if b is None else f"[{b}]"
@@ -87,9 +113,10 @@ def _check_labels(labels, b: int | None = None, name: str = "labels") -> jax.Arr
   return labels
 
 
-def _check_square(name: str, matrix, labels) -> tuple[jax.Array, jax.Array]:
+def check_square(name: str, matrix, labels) -> tuple[jax.Array, jax.Array]:
+  """``(matrix [b, b], labels [b])`` checked against each other; ``name`` is the matrix's."""
   matrix = jnp.asarray(matrix)
-  labels = _check_labels(labels)
+  labels = check_labels(labels)
   b = labels.shape[0]
   if matrix.shape != (b, b):
     raise ValueError(
@@ -107,7 +134,7 @@ def all_pairs(labels: jax.Array) -> PairMasks:
   Returns:
     :class:`PairMasks` with ``[b, b]`` masks.
   """
-  labels = _check_labels(labels)
+  labels = check_labels(labels)
   same = labels[:, None] == labels[None, :]
   return PairMasks(positive=same & ~jnp.eye(labels.shape[0], dtype=bool), negative=~same)
 
@@ -135,7 +162,7 @@ def multi_similarity(
     Wang, Han, Huang, Dong, Scott. Multi-Similarity Loss with General Pair Weighting for
     Deep Metric Learning. CVPR 2019, Sec. 4.2.
   """
-  similarity, labels = _check_square("similarity", similarity, labels)
+  similarity, labels = check_square("similarity", similarity, labels)
   s = jax.lax.stop_gradient(similarity)
   pairs = all_pairs(labels)
   hardest_positive = jnp.min(jnp.where(pairs.positive, s, jnp.inf), axis=1, keepdims=True)
@@ -179,7 +206,7 @@ def semihard_triplets(
   References:
     Schroff, Kalenichenko, Philbin. FaceNet. CVPR 2015, Sec. 3.2.
   """
-  distances, labels = _check_square("distances", distances, labels)
+  distances, labels = check_square("distances", distances, labels)
   d = jax.lax.stop_gradient(distances)
   gap = d[:, None, :] - d[:, :, None]  # [a, p, n]: d_an - d_ap
   return all_triplets(labels) & (gap > 0) & (gap <= margin)
@@ -226,7 +253,7 @@ def distance_weighted(
     Wu, Manmatha, Smola, Krähenbühl. Sampling Matters in Deep Embedding Learning.
     ICCV 2017, Sec. 4.
   """
-  distances, labels = _check_square("distances", distances, labels)
+  distances, labels = check_square("distances", distances, labels)
   if int(dim) < 4:
     raise ValueError(f"dim must be the embedding dimension (>= 4); got {dim!r}.")
   if not 0.0 < cutoff < 2.0:
@@ -267,3 +294,166 @@ def distance_weighted(
       has_positive=has_positive,
       has_negative=has_negative,
   )
+
+
+def _uniform_choice(key: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """One column per row of ``mask [b, k]``, uniformly among its true entries.
+
+  Returns ``(index [b] int32, found [b] bool)``; rows without a true entry get their own
+  row index (a placeholder that ``found`` flags).
+  """
+  found = jnp.any(mask, axis=1)
+  index = jax.random.categorical(key, jnp.where(mask, 0.0, -jnp.inf), axis=1)
+  return jnp.where(found, index, jnp.arange(mask.shape[0])).astype(jnp.int32), found
+
+
+def _choice_with_fallback(key, preferred: jax.Array, allowed: jax.Array):
+  """Uniform among ``preferred`` where a row has one, else uniform among ``allowed``."""
+  use = jnp.where(jnp.any(preferred, axis=1, keepdims=True), preferred, allowed)
+  return _uniform_choice(key, use)
+
+
+def random_triplets(key: jax.Array, labels: jax.Array, *, num: int | None = None) -> jax.Array:
+  """``num`` triplets drawn uniformly, without replacement, from all triplets of the batch.
+
+  The published ``random`` miner (``random.sample`` of ``b`` triplets out of every
+  ``(a, p, n)``), drawn here with the Gumbel top-k trick over the ``[b, b, b]`` mask of
+  :func:`all_triplets`, so the shape is fixed. A batch with fewer than ``num`` triplets
+  gives all of them.
+
+  Args:
+    key: a PRNG key.
+    labels: class ids ``[b]``.
+    num: how many triplets (default ``b``, as published).
+
+  Returns:
+    ``[b, b, b]`` bool mask indexed ``[a, p, n]`` with at most ``num`` entries.
+  """
+  labels = check_labels(labels)
+  valid = all_triplets(labels).reshape(-1)
+  num = labels.shape[0] if num is None else int(num)
+  if not 1 <= num <= valid.shape[0]:
+    raise ValueError(f"num must be in 1..b^3={valid.shape[0]}; got {num}.")
+  scores = jnp.where(valid, jax.random.gumbel(key, valid.shape), -jnp.inf)
+  _, picked = jax.lax.top_k(scores, num)
+  mask = jnp.zeros_like(valid).at[picked].set(valid[picked])
+  return mask.reshape((labels.shape[0],) * 3)
+
+
+def semihard(key: jax.Array, distances: jax.Array, labels: jax.Array, *,
+             margin: float = 0.2) -> Sampled:
+  """One semi-hard triplet per anchor, as the published ``semihard`` miner.
+
+  Each anchor takes a random positive ``p``, then a random negative with
+  ``d_ap < d_an < d_ap + margin``, or a random negative if it has none of those. Unlike
+  :func:`semihard_triplets` (every semi-hard triplet, FaceNet's / pytorch-metric-learning's
+  choice), this keeps one triplet per anchor.
+
+  Args:
+    key: a PRNG key.
+    distances: ``[b, b]`` distances; read through ``stop_gradient``.
+    labels: class ids ``[b]``.
+    margin: the triplet loss's margin (0.2).
+
+  Returns:
+    :class:`Sampled`.
+
+  References:
+    Schroff, Kalenichenko, Philbin. FaceNet. CVPR 2015, Sec. 3.2; Roth et al. Revisiting
+    Training Strategies and Generalization Performance in Deep Metric Learning. ICML 2020.
+  """
+  distances, labels = check_square("distances", distances, labels)
+  d = jax.lax.stop_gradient(distances)
+  pairs = all_pairs(labels)
+  key_p, key_n = jax.random.split(key)
+  positive, has_positive = _uniform_choice(key_p, pairs.positive)
+  d_ap = jnp.take_along_axis(d, positive[:, None], axis=1)
+  window = pairs.negative & (d > d_ap) & (d < d_ap + margin)
+  negative, has_negative = _choice_with_fallback(key_n, window, pairs.negative)
+  return Sampled(positive, negative, has_positive, has_negative)
+
+
+def softhard(key: jax.Array, distances: jax.Array, labels: jax.Array) -> Sampled:
+  """One hard-ish triplet per anchor, as the published ``softhard`` miner.
+
+  Each anchor takes a random positive among those farther than its nearest negative
+  (``d_ap > min_n d_an``) and a random negative among those nearer than its farthest
+  positive (``d_an < max_p d_ap``); where there is none, a random positive (negative).
+
+  Args:
+    key: a PRNG key.
+    distances: ``[b, b]`` distances; read through ``stop_gradient``.
+    labels: class ids ``[b]``.
+
+  Returns:
+    :class:`Sampled`.
+
+  References:
+    Roth et al. Revisiting Training Strategies and Generalization Performance in Deep
+    Metric Learning. ICML 2020 (``batchminer/softhard.py`` of their and the DIML code).
+  """
+  distances, labels = check_square("distances", distances, labels)
+  d = jax.lax.stop_gradient(distances)
+  pairs = all_pairs(labels)
+  farthest_positive = jnp.max(jnp.where(pairs.positive, d, -jnp.inf), axis=1, keepdims=True)
+  nearest_negative = jnp.min(jnp.where(pairs.negative, d, jnp.inf), axis=1, keepdims=True)
+  key_p, key_n = jax.random.split(key)
+  positive, has_positive = _choice_with_fallback(
+      key_p, pairs.positive & (d > nearest_negative), pairs.positive)
+  negative, has_negative = _choice_with_fallback(
+      key_n, pairs.negative & (d < farthest_positive), pairs.negative)
+  return Sampled(positive, negative, has_positive, has_negative)
+
+
+def npair(key: jax.Array, labels: jax.Array) -> PairMasks:
+  """N-pair mining: one random positive per anchor and every image of another class.
+
+  The published ``npair`` miner; anchors without a positive select nothing. (It takes
+  every image but the anchor and its positive as negatives, which is the same thing for
+  its two images per class; its commented-out line, other classes only, is used here.)
+
+  Args:
+    key: a PRNG key.
+    labels: class ids ``[b]``.
+
+  Returns:
+    :class:`PairMasks` ``[b, b]``, at most one positive per row.
+
+  References:
+    Sohn. Improved Deep Metric Learning with Multi-class N-pair Loss Objective. NeurIPS
+    2016, Sec. 3.
+  """
+  pairs = all_pairs(labels)
+  positive, has_positive = _uniform_choice(key, pairs.positive)
+  one_positive = jax.nn.one_hot(positive, labels.shape[0], dtype=bool) & has_positive[:, None]
+  return PairMasks(positive=one_positive, negative=pairs.negative & has_positive[:, None])
+
+
+def quadruplet_negatives(key: jax.Array, labels: jax.Array,
+                         negative: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The quadruplet loss's second negative: an image of neither the anchor's nor the
+  negative's class, uniformly.
+
+  Args:
+    key: a PRNG key.
+    labels: class ids ``[b]``.
+    negative: each anchor's negative, ``[b]`` int (e.g. :attr:`Sampled.negative`).
+
+  Returns:
+    ``(index [b] int32, found [b] bool)``: ``found`` is false where the batch has no
+    third class.
+
+  References:
+    Chen, Chen, Zhang, Huang. Beyond Triplet Loss: a Deep Quadruplet Network for Person
+    Re-identification. CVPR 2017, Sec. 3.
+  """
+  labels = check_labels(labels)
+  negative = jnp.asarray(negative)
+  if negative.shape != labels.shape or not jnp.issubdtype(negative.dtype, jnp.integer):
+    raise ValueError(f"negative must be int indices {list(labels.shape)}; got "
+                     f"{negative.dtype}{list(negative.shape)}.")
+  same = labels[None, :] == labels[:, None]
+  # Row negative[a] of `same`, as a product with a one-hot (a gather by a batch-sharded
+  # index does not lower under an explicit-sharding mesh).
+  same_as_negative = jax.nn.one_hot(negative, labels.shape[0]) @ same.astype(jnp.float32) > 0
+  return _uniform_choice(key, ~same & ~same_as_negative)

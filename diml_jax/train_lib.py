@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tensorboardX import SummaryWriter
 
 from diml_jax import data, eval_lib, evaluation, experiment, losses, models
+from diml_jax.losses import registry
 from diml_jax.experiment import DATA_AXIS, TrainState
 
 
@@ -44,9 +45,10 @@ LossFn = Callable[[Any, jax.Array, dict, jax.Array, jax.Array], losses.LossOutpu
 def make_loss(config: ml_collections.ConfigDict, mesh: Mesh | None) -> LossFn:
   """``loss(loss_params, embedding [b, e], aux, labels [b], key) -> LossOutput``.
 
-  ``embedding`` and ``aux`` are the model's outputs. With DIML (``loss.diml``) the loss
-  runs on the structural quantity of ``aux["local"]`` ``[b, r, d]``, whose part weights
-  (the transport marginals) are ``loss.marginals``: cross-correlation, uniform, or
+  ``embedding`` and ``aux`` are the model's outputs. The loss is ``config.loss.name``'s
+  entry of :mod:`diml_jax.losses.registry`. With DIML (``loss.diml``) a pair loss runs
+  on the structural quantity of ``aux["local"]`` ``[b, r, d]``, whose part weights (the
+  transport marginals) are ``loss.marginals``: cross-correlation, uniform, or
   ``"rollout"``, a ViT's truncated attention rollout ``aux["part_weights"]`` ``[b, r]``;
   with ``loss.partial_mass`` ``p < 1`` only ``p`` of each image's weight is matched and
   the structural terms are means over the matched parts
@@ -54,48 +56,14 @@ def make_loss(config: ml_collections.ConfigDict, mesh: Mesh | None) -> LossFn:
 
   DGML (``model.head="grouping"``): the metric loss runs on each group's embedding
   ``aux["groups"][:, g]`` (group ``g`` with PRNG key ``jax.random.split(key, k)[g]``, for
-  the margin loss's sampling), one criterion and its parameters shared by the groups, and
+  the miners' sampling), one criterion and its parameters shared by the groups, and
   is averaged over the ``k`` groups, as the reference DGML code does (rather than once
   on the concatenation); ``loss.diversity_weight`` times
   :func:`diml_jax.models.diversity_loss` is added. ``active_fraction`` is the groups'
   mean, ``selected`` their sum.
   """
   c = config.loss
-  sinkhorn = dict(config.sinkhorn)
-
-  def where(aux):
-    marginals = aux["part_weights"] if c.marginals == "rollout" else c.marginals
-    return dict(marginals=marginals, mass=c.partial_mass, mesh=mesh, axis_name=DATA_AXIS)
-
-  def distances(global_, aux):
-    if c.diml:
-      return losses.structural_matrix(aux["local"], global_, quantity="distance",
-                                      **where(aux), **sinkhorn)
-    return losses.euclidean_distance(global_)
-
-  def metric(loss_params, global_, aux, labels, key):
-    if c.name == "margin":
-      kw = dict(margin=c.margin.margin, cutoff=c.margin.cutoff,
-                nonzero_loss_cutoff=c.margin.nonzero_loss_cutoff or None)
-      if c.diml:
-        return losses.margin_diml(
-            aux["local"], labels, loss_params["beta"], key, global_features=global_, **kw,
-            **where(aux), sinkhorn=sinkhorn)
-      return losses.margin_global(global_, labels, loss_params["beta"], key, **kw)
-    if c.name == "multisimilarity":
-      if c.diml:
-        return losses.multi_similarity_diml(
-            aux["local"], labels, global_features=global_, **c.multisimilarity,
-            **where(aux), sinkhorn=sinkhorn)
-      return losses.multi_similarity_loss(
-          losses.cosine_similarity(global_), labels, **c.multisimilarity)
-    if c.name == "proxyanchor":
-      return losses.proxy_anchor_loss(
-          losses.proxy_similarity(global_, loss_params["proxies"]), labels,
-          alpha=c.proxyanchor.alpha, margin=c.proxyanchor.margin)
-    if c.name == "triplet":
-      return losses.triplet_loss(distances(global_, aux), labels, **c.triplet)
-    return losses.contrastive_loss(distances(global_, aux), labels, **c.contrastive)
+  metric = registry.build(config, mesh, DATA_AXIS)
 
   if config.model.head != "grouping":
     return metric

@@ -119,3 +119,48 @@ def test_each_device_solves_an_eighth_of_the_matching_problems(runs, mesh):
   full = {(B, B), (B, 2), (B, B // 2)}
   assert not full & (_shapes(sharded, R, R) | _shapes(sharded, R, R_PROXY))
   assert "all-gather" in sharded and "all-gather" not in single
+
+
+# --- the baseline losses of the registry, on global embeddings sharded by rows ----------------
+def baseline_losses(g, params, mesh):
+  """Every registry loss that runs on global embeddings, ``[n]``, built from the configs."""
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from diml_jax.losses import registry  # pylint: disable=g-import-not-at-top
+  values = []
+  for name, miner in BASELINES:
+    config = common.paper("cub", name, diml=False)
+    config.loss.miner = miner
+    fn = registry.build(config, mesh)
+    values.append(fn(params[name], g, {}, jnp.asarray(LABELS), jax.random.key(1)).loss)
+  return jnp.stack(values)
+
+
+BASELINES = [("npair", ""), ("angular", ""), ("lifted", ""), ("histogram", ""),
+             ("proxynca", ""), ("softtriple", ""), ("arcface", ""), ("softmax", ""),
+             ("triplet", "random"), ("triplet", "semihard"), ("triplet", "softhard"),
+             ("quadruplet", "distance"), ("snr", "distance"), ("contrastive", "distance"),
+             ("margin", "distance")]
+
+
+@pytest.mark.parametrize("kind", [AxisType.Explicit, AxisType.Auto])
+def test_sharded_baseline_losses_and_gradients_equal_single_device(kind):
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from diml_jax.losses import registry  # pylint: disable=g-import-not-at-top
+  cpus = jax.devices("cpu")
+  rng = np.random.default_rng(1)
+  g = (rng.normal(size=(B // 2, C))[LABELS] + rng.normal(size=(B, C))).astype(np.float32)
+  params = {name: registry.init_params(common.paper("cub", name, diml=False),
+                                       jax.random.key(2), B // 2, C)
+            for name, _ in BASELINES}
+  f = lambda mesh: jax.jit(lambda g, p: (baseline_losses(g, p, mesh),
+                                         jax.jacrev(baseline_losses)(g, p, mesh)))
+  single = jax.tree.map(np.asarray, f(None)(jax.device_put(g, cpus[0]),
+                                            jax.device_put(params, cpus[0])))
+  mesh = jax.make_mesh((N_DEVICES,), ("data",), axis_types=(kind,), devices=cpus)
+  sharded = jax.tree.map(np.asarray, f(mesh)(
+      jax.device_put(g, NamedSharding(mesh, P("data"))),
+      jax.device_put(params, NamedSharding(mesh, P()))))
+  assert np.all(single[0] > 0)
+  np.testing.assert_allclose(sharded[0], single[0], rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(sharded[1]), jax.tree.leaves(single[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -117,6 +117,111 @@ def test_distance_weighted_flags_missing_partners():
   np.testing.assert_array_equal(pairs.positive, np.stack([np.ones(4), np.zeros(4)], 1))
 
 
+# --- the published samplers: candidate sets written as loops, frequencies over many keys ---
+KEYS = jax.random.split(jax.random.key(7), 3000)
+
+
+def positives_of(i, labels=LABELS):
+  return [j for j in range(len(labels)) if j != i and labels[j] == labels[i]]
+
+
+def negatives_of(i, labels=LABELS):
+  return [j for j in range(len(labels)) if labels[j] != labels[i]]
+
+
+def assert_uniform(draws, allowed):
+  """``draws``: indices drawn for one anchor (same allowed set); uniform over ``allowed``."""
+  assert set(np.unique(draws)) <= set(allowed), (set(np.unique(draws)), allowed)
+  freq = np.bincount(draws, minlength=B)[allowed] / len(draws)
+  np.testing.assert_allclose(freq, 1 / len(allowed), atol=0.04)
+
+
+def test_random_triplet_miner_draws_b_distinct_triplets_uniformly():
+  valid = {(a, p, n) for a in range(B) for p in positives_of(a) for n in negatives_of(a)}
+  masks = np.asarray(jax.jit(jax.vmap(lambda k: miners.random_triplets(k, LABELS)))(KEYS))
+  assert masks.shape == (len(KEYS), B, B, B)
+  for m in masks[:50]:
+    picked = set(zip(*np.nonzero(m)))
+    assert len(picked) == B and picked <= valid  # b distinct triplets, all valid
+  # Each of the 148 triplets is in a draw with probability b / 148.
+  freq = masks.mean(0)[tuple(np.array(sorted(valid)).T)]
+  np.testing.assert_allclose(freq, B / len(valid), atol=0.025)
+  # Fewer triplets than b: all of them.
+  few = miners.random_triplets(KEYS[0], np.array([0, 0, 1, 2]))
+  assert int(few.sum()) == 4
+
+
+def test_semihard_miner_samples_inside_the_window_or_any_negative():
+  d = distances64(embeddings(4)).astype(np.float32)
+  s = jax.tree.map(np.asarray, jax.jit(jax.vmap(
+      lambda k: miners.semihard(k, jnp.asarray(d), LABELS, margin=0.3)))(KEYS))
+  windows_used = 0
+  for a in range(B):
+    pos = positives_of(a)
+    assert s.has_positive[0, a] == bool(pos) and s.has_negative[0, a]
+    if not pos:
+      continue
+    assert_uniform(s.positive[:, a], pos)
+    for p in pos:
+      window = [n for n in negatives_of(a) if d[a, p] < d[a, n] < d[a, p] + 0.3]
+      windows_used += bool(window)
+      drawn = s.negative[s.positive[:, a] == p, a]
+      assert_uniform(drawn, window or negatives_of(a))
+  assert 0 < windows_used < sum(len(positives_of(a)) for a in range(B))  # both branches
+
+
+def test_softhard_miner_samples_hard_positives_and_negatives():
+  d = distances64(embeddings(5)).astype(np.float32)
+  s = jax.tree.map(np.asarray, jax.jit(jax.vmap(
+      lambda k: miners.softhard(k, jnp.asarray(d), LABELS)))(KEYS))
+  hard_found = [0, 0]
+  for a in range(B):
+    pos, neg = positives_of(a), negatives_of(a)
+    if not pos:
+      assert not s.has_positive[0, a]
+      continue
+    hard_pos = [p for p in pos if d[a, p] > min(d[a, n] for n in neg)]
+    hard_neg = [n for n in neg if d[a, n] < max(d[a, p] for p in pos)]
+    hard_found[0] += bool(hard_pos)
+    hard_found[1] += bool(hard_neg)
+    assert_uniform(s.positive[:, a], hard_pos or pos)
+    assert_uniform(s.negative[:, a], hard_neg or neg)
+  assert hard_found[0] > 0 and hard_found[1] > 0
+
+
+def test_npair_miner_one_positive_per_anchor_and_every_other_class():
+  pairs = jax.tree.map(np.asarray, jax.jit(jax.vmap(
+      lambda k: miners.npair(k, LABELS)))(KEYS))
+  for a in range(B):
+    pos = positives_of(a)
+    assert np.all(pairs.positive[:, a].sum(1) == (1 if pos else 0))
+    want_neg = np.isin(np.arange(B), negatives_of(a)) if pos else np.zeros(B, bool)
+    assert np.all(pairs.negative[:, a] == want_neg)
+    if pos:
+      assert_uniform(pairs.positive[:, a].argmax(1), pos)
+
+
+def test_sampled_triplets_mask_holds_one_triplet_per_complete_anchor():
+  s = miners.Sampled(positive=jnp.array([1, 0, 2]), negative=jnp.array([2, 2, 0]),
+                     has_positive=jnp.array([True, True, False]),
+                     has_negative=jnp.array([True, True, True]))
+  assert sorted(zip(*np.nonzero(np.asarray(s.triplets)))) == [(0, 1, 2), (1, 0, 2)]
+
+
+def test_quadruplet_miner_second_negative_is_of_a_third_class():
+  negative = jnp.asarray((np.arange(B) + 5) % B)
+  neg = np.asarray(negative)
+  index, found = jax.tree.map(np.asarray, jax.jit(jax.vmap(
+      lambda k: miners.quadruplet_negatives(k, LABELS, negative)))(KEYS))
+  for a in range(B):
+    third = [j for j in range(B) if LABELS[j] not in (LABELS[a], LABELS[neg[a]])]
+    assert found[0, a]
+    assert_uniform(index[:, a], third)
+  two_classes = np.array([0, 0, 1, 1])
+  _, found = miners.quadruplet_negatives(KEYS[0], two_classes, jnp.array([2, 3, 0, 1]))
+  assert not np.any(found)
+
+
 @pytest.mark.parametrize("call,message", [
     (lambda: miners.all_pairs(np.zeros((2, 3), int)), r"labels must have shape \[b\]"),
     (lambda: miners.multi_similarity(np.ones((3, 4)), np.arange(3)), r"\[b, b\] matrix"),
@@ -124,7 +229,10 @@ def test_distance_weighted_flags_missing_partners():
      "dim must be"),
     (lambda: miners.distance_weighted(jax.random.key(0), np.ones((3, 3)), np.arange(3), dim=8,
                                       nonzero_loss_cutoff=0.4), "nonzero_loss_cutoff"),
+    (lambda: miners.random_triplets(jax.random.key(0), np.arange(3), num=0), "num must be"),
+    (lambda: miners.quadruplet_negatives(jax.random.key(0), np.arange(3), np.ones(3)),
+     "negative must be int"),
 ])
-def test_bad_arguments_raise_clear_errors(call, message):
+def test_miner_bad_arguments_raise_clear_errors(call, message):
   with pytest.raises(ValueError, match=message):
     call()

@@ -114,7 +114,7 @@ def test_vit_rollout_partial_losses_equal_partial_matching_pair_by_pair(vit_outp
                                           **config.loss.multisimilarity)
   assert float(ms.loss) > 0
   np.testing.assert_allclose(ms.loss, expected.loss, rtol=1e-4)
-  config.loss.name = "contrastive"
+  config.loss.name, config.loss.miner = "contrastive", "all"
   contrastive = train_lib.make_loss(config, None)({}, global_, aux, labels, key)
   expected = losses.contrastive_loss(jnp.asarray(distance, jnp.float32), labels,
                                      **config.loss.contrastive)

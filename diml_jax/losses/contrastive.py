@@ -1,11 +1,13 @@
 """Contrastive loss on a distance matrix (global or DIML's)."""
 from __future__ import annotations
 
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
 
 from diml_jax import miners
-from diml_jax.losses._reduce import LossOutput, average_nonzero
+from diml_jax.losses._reduce import LossOutput, reduce
 
 __all__ = ["contrastive_loss"]
 
@@ -17,19 +19,25 @@ def contrastive_loss(
     pos_margin: float = 0.0,
     neg_margin: float = 1.0,
     pairs: miners.PairMasks | None = None,
+    reduction: Literal["nonzero", "mean"] = "nonzero",
 ) -> LossOutput:
   """``relu(d - pos_margin)`` on positive pairs plus ``relu(neg_margin - d)`` on negatives.
 
-  pytorch-metric-learning's ``ContrastiveLoss``: each of the two parts is averaged over
-  its own nonzero terms (``AvgNonZeroReducer``) and the parts are added. Margins 0 and 1
-  as the Roth et al. / DIML code.
+  Each of the two parts is averaged on its own and the parts are added: over its nonzero
+  terms (``"nonzero"``, pytorch-metric-learning's ``ContrastiveLoss``) or over its
+  selected pairs (``"mean"``, the published Roth et al. / DIML ``criteria/contrastive.py``
+  on the pairs of its mined triplets). Margins 0 and 1 as the published code.
 
   Args:
-    distances: ``[b, b]``: :func:`quantities.euclidean_distance`, or DIML's distance.
+    distances: ``[b, k]``: all pairs (``k = b``; :func:`quantities.euclidean_distance`,
+      or DIML's distance), or each anchor's picked partners (e.g. ``[b, 2]`` from
+      :attr:`miners.Sampled.partners`).
     labels: class ids ``[b]``.
     pos_margin: distance below which positive pairs cost nothing.
     neg_margin: distance above which negative pairs cost nothing.
-    pairs: :class:`miners.PairMasks` ``[b, b]`` from a miner; by default all pairs.
+    pairs: :class:`miners.PairMasks` of the distances' shape from a miner (e.g.
+      :attr:`miners.Sampled.pairs`); by default all pairs (needs ``k = b``).
+    reduction: ``"nonzero"`` or ``"mean"``.
 
   Returns:
     :class:`LossOutput`: ``active_fraction`` is the share of selected pairs with a
@@ -39,16 +47,22 @@ def contrastive_loss(
     Hadsell, Chopra, LeCun. Dimensionality Reduction by Learning an Invariant Mapping.
     CVPR 2006.
   """
-  distances, labels = miners._check_square("distances", distances, labels)
+  distances = jnp.asarray(distances)
+  labels = miners.check_labels(labels)
+  if distances.ndim != 2 or distances.shape[0] != labels.shape[0]:
+    raise ValueError(
+        f"distances must be [b, k] with b={labels.shape[0]} (the labels); got "
+        f"{distances.shape}.")
   if pairs is None:
+    distances, labels = miners.check_square("distances", distances, labels)
     pairs = miners.all_pairs(labels)
   if pairs.positive.shape != distances.shape or pairs.negative.shape != distances.shape:
     raise ValueError(
         f"pairs must be masks of shape {distances.shape}; got {pairs.positive.shape} and "
         f"{pairs.negative.shape}."
     )
-  pos = average_nonzero(jax.nn.relu(distances - pos_margin), pairs.positive)
-  neg = average_nonzero(jax.nn.relu(neg_margin - distances), pairs.negative)
+  pos = reduce(jax.nn.relu(distances - pos_margin), pairs.positive, reduction)
+  neg = reduce(jax.nn.relu(neg_margin - distances), pairs.negative, reduction)
   selected = pos.selected + neg.selected
   active = pos.active_fraction * pos.selected + neg.active_fraction * neg.selected
   return LossOutput(

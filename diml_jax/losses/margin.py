@@ -79,7 +79,7 @@ def margin_loss(
     ICCV 2017, Sec. 5.
   """
   distances = jnp.asarray(distances)
-  labels = miners._check_labels(labels)
+  labels = miners.check_labels(labels)
   if distances.ndim != 2 or distances.shape[0] != labels.shape[0]:
     raise ValueError(
         f"distances must be [b, k] with b={labels.shape[0]} (the labels); got "
@@ -137,8 +137,8 @@ def margin_global(
   Returns:
     :class:`LossOutput` of :func:`margin_loss`.
   """
-  embeddings = quantities._check_embeddings("embeddings", embeddings)
-  labels = miners._check_labels(labels, embeddings.shape[0])
+  embeddings = quantities.check_embeddings("embeddings", embeddings)
+  labels = miners.check_labels(labels, embeddings.shape[0])
   picked = _sample(key, embeddings, labels, cutoff, nonzero_loss_cutoff)
   distances = quantities.euclidean_distance(embeddings)
   d = jnp.take_along_axis(distances, picked.partners, axis=1)
@@ -203,7 +203,7 @@ def margin_diml(
     Matching. ICCV 2021, Sec. 3.4.
   """
   local_features = quantities._check_locals("local_features", local_features)
-  labels = miners._check_labels(labels, local_features.shape[0])
+  labels = miners.check_labels(labels, local_features.shape[0])
   g = quantities._globals("global_features", global_features, local_features)
   picked = _sample(key, g, labels, cutoff, nonzero_loss_cutoff)
   d = quantities.structural_partners(

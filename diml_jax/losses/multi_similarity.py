@@ -135,7 +135,7 @@ def multi_similarity_diml(
     Matching. ICCV 2021, Sec. 3.4.
   """
   local_features = quantities._check_locals("local_features", local_features)
-  labels = miners._check_labels(labels, local_features.shape[0])
+  labels = miners.check_labels(labels, local_features.shape[0])
   s = quantities.structural_matrix(
       local_features, global_features, quantity="similarity", marginals=marginals,
       mass=mass, mesh=mesh, axis_name=axis_name, **(sinkhorn or {}),

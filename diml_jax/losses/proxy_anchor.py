@@ -14,7 +14,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diml_jax import miners
 from diml_jax.losses import quantities
 from diml_jax.losses._reduce import LossOutput, log1p_sum_exp
 
@@ -65,13 +64,7 @@ def proxy_anchor_loss(
   References:
     Kim, Kim, Cho, Kwak. Proxy Anchor Loss for Deep Metric Learning. CVPR 2020, Sec. 3.
   """
-  similarity = jnp.asarray(similarity)
-  labels = miners._check_labels(labels)
-  if similarity.ndim != 2 or similarity.shape[0] != labels.shape[0]:
-    raise ValueError(
-        f"similarity must be [b, n_classes] with b={labels.shape[0]} (the labels); got "
-        f"{similarity.shape}."
-    )
+  similarity, labels = quantities.check_class_similarity(similarity, labels)
   n_classes = similarity.shape[1]
   positive = labels[:, None] == jnp.arange(n_classes)[None, :]
   pos = log1p_sum_exp(-alpha * (similarity - margin), positive, axis=0)

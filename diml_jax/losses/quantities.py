@@ -23,11 +23,15 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diml_jax import matching
+from diml_jax import matching, miners
 
 __all__ = [
+    "check_class_similarity",
+    "check_embeddings",
     "cosine_similarity",
     "euclidean_distance",
+    "inner_product",
+    "replicated",
     "structural_matrix",
     "structural_partners",
 ]
@@ -41,14 +45,26 @@ Marginals = Literal["cross", "uniform"] | jax.Array | tuple[jax.Array, jax.Array
 _DISTANCE_FLOOR = 1e-8
 
 
-def _check_embeddings(name: str, x) -> jax.Array:
+def check_embeddings(name: str, x) -> jax.Array:
+  """``x`` as float embeddings ``[b, d]``; a ``ValueError`` naming ``name`` otherwise."""
   x = jnp.asarray(x)
   if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"{name} must be float embeddings [b, d]; got {x.dtype}{list(x.shape)}.")
   return x
 
 
-def _replicated(x: jax.Array) -> jax.Array:
+def check_class_similarity(similarity, labels) -> tuple[jax.Array, jax.Array]:
+  """``(similarity [b, n_classes], labels [b])`` of a proxy or classifier loss, checked."""
+  similarity = jnp.asarray(similarity)
+  labels = miners.check_labels(labels)
+  if similarity.ndim != 2 or similarity.shape[0] != labels.shape[0]:
+    raise ValueError(
+        f"similarity must be [b, n_classes] with b={labels.shape[0]} (the labels); got "
+        f"{similarity.shape}.")
+  return similarity, labels
+
+
+def replicated(x: jax.Array) -> jax.Array:
   """``x`` made whole on every device if its type carries an explicit sharding.
 
   Under a mesh with ``AxisType.Explicit`` axes (``jax.make_mesh``'s default) a batch
@@ -67,22 +83,39 @@ def cosine_similarity(x: jax.Array, y: jax.Array | None = None) -> jax.Array:
   With the batch sharded by rows the result is too (``y`` is gathered first under an
   explicit-sharding mesh).
   """
-  x = matching.normalize(_check_embeddings("x", x))
-  y = _replicated(x if y is None else matching.normalize(_check_embeddings("y", y)))
+  x = matching.normalize(check_embeddings("x", x))
+  y = replicated(x if y is None else matching.normalize(check_embeddings("y", y)))
   if y.shape[1] != x.shape[1]:
     raise ValueError(f"x [b, d] and y [m, d] need the same d; got {x.shape} and {y.shape}.")
   return x @ y.T
 
 
-def euclidean_distance(x: jax.Array, y: jax.Array | None = None) -> jax.Array:
+def inner_product(x: jax.Array, y: jax.Array | None = None) -> jax.Array:
+  """Inner products of unnormalised embeddings ``x [b, d]`` and ``y [m, d]`` (default
+  ``x``) -> ``[b, m]`` (the N-pair and angular losses' similarity)."""
+  x = check_embeddings("x", x)
+  y = replicated(x if y is None else check_embeddings("y", y))
+  if y.shape[1] != x.shape[1]:
+    raise ValueError(f"x [b, d] and y [m, d] need the same d; got {x.shape} and {y.shape}.")
+  return x @ y.T
+
+
+def euclidean_distance(x: jax.Array, y: jax.Array | None = None, *,
+                       normalize: bool = True) -> jax.Array:
   """Euclidean distances of the L2-normalised ``x [b, d]`` and ``y [m, d]`` -> ``[b, m]``.
 
   ``sqrt(2 - 2 cos + 1e-8)``: the distance between unit vectors, with a floor that keeps
   the gradient finite for identical embeddings (as ``matching.diml_distance``'s global
-  term).
+  term). ``normalize=False``: between the embeddings as they are (the lifted-structure
+  loss's), ``sqrt(|x|² + |y|² - 2 <x, y> + 1e-8)``.
   """
-  cos = cosine_similarity(x, y)
-  return jnp.sqrt(jnp.maximum(2.0 - 2.0 * cos, 0.0) + _DISTANCE_FLOOR)
+  if normalize:
+    return jnp.sqrt(jnp.maximum(2.0 - 2.0 * cosine_similarity(x, y), 0.0) + _DISTANCE_FLOOR)
+  x = check_embeddings("x", x)
+  y = x if y is None else check_embeddings("y", y)
+  squared = (jnp.sum(x * x, axis=1)[:, None] + replicated(jnp.sum(y * y, axis=1))[None, :]
+             - 2.0 * inner_product(x, y))
+  return jnp.sqrt(jnp.maximum(squared, 0.0) + _DISTANCE_FLOOR)
 
 
 def _check_locals(name: str, x) -> jax.Array:

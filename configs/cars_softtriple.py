@@ -1,0 +1,13 @@
+"""Cars196 / SoftTriple loss.
+
+A baseline recipe of the published DIML code (the table in ``configs/baselines.py``),
+evaluated with test-time DIML.
+
+  python train.py --config configs/cars_softtriple.py --config.data.root=DIR
+  python eval.py --config configs/cars_softtriple.py --workdir runs/cars_softtriple
+"""
+from configs import baselines
+
+
+def get_config():
+  return baselines.baseline("cars", "softtriple")

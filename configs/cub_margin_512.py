@@ -1,0 +1,13 @@
+"""CUB-200-2011 / margin loss (beta 1.2), distance-weighted miner, 512-d embeddings.
+
+A baseline recipe of the published DIML code (the table in ``configs/baselines.py``),
+evaluated with test-time DIML.
+
+  python train.py --config configs/cub_margin_512.py --config.data.root=DIR
+  python eval.py --config configs/cub_margin_512.py --workdir runs/cub_margin_512
+"""
+from configs import baselines
+
+
+def get_config():
+  return baselines.baseline("cub", "margin", embed_dim=512)

@@ -1,0 +1,13 @@
+"""CUB-200-2011 / quadruplet loss, distance-weighted miner.
+
+A baseline recipe of the published DIML code (the table in ``configs/baselines.py``),
+evaluated with test-time DIML.
+
+  python train.py --config configs/cub_quadruplet.py --config.data.root=DIR
+  python eval.py --config configs/cub_quadruplet.py --workdir runs/cub_quadruplet
+"""
+from configs import baselines
+
+
+def get_config():
+  return baselines.baseline("cub", "quadruplet")

@@ -1,0 +1,13 @@
+"""CUB-200-2011 / SNR triplet loss, distance-weighted miner.
+
+A baseline recipe of the published DIML code (the table in ``configs/baselines.py``),
+evaluated with test-time DIML.
+
+  python train.py --config configs/cub_snr.py --config.data.root=DIR
+  python eval.py --config configs/cub_snr.py --workdir runs/cub_snr
+"""
+from configs import baselines
+
+
+def get_config():
+  return baselines.baseline("cub", "snr")

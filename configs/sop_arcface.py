@@ -1,0 +1,13 @@
+"""Stanford Online Products / ArcFace loss.
+
+A baseline recipe of the published DIML code (the table in ``configs/baselines.py``),
+evaluated with test-time DIML.
+
+  python train.py --config configs/sop_arcface.py --config.data.root=DIR
+  python eval.py --config configs/sop_arcface.py --workdir runs/sop_arcface
+"""
+from configs import baselines
+
+
+def get_config():
+  return baselines.baseline("sop", "arcface")

@@ -1,0 +1,13 @@
+"""Stanford Online Products / N-pair loss (N-pair miner, unnormalised embeddings).
+
+A baseline recipe of the published DIML code (the table in ``configs/baselines.py``),
+evaluated with test-time DIML.
+
+  python train.py --config configs/sop_npair.py --config.data.root=DIR
+  python eval.py --config configs/sop_npair.py --workdir runs/sop_npair
+"""
+from configs import baselines
+
+
+def get_config():
+  return baselines.baseline("sop", "npair")

@@ -1,0 +1,13 @@
+"""Stanford Online Products / SNR triplet loss, distance-weighted miner.
+
+A baseline recipe of the published DIML code (the table in ``configs/baselines.py``),
+evaluated with test-time DIML.
+
+  python train.py --config configs/sop_snr.py --config.data.root=DIR
+  python eval.py --config configs/sop_snr.py --workdir runs/sop_snr
+"""
+from configs import baselines
+
+
+def get_config():
+  return baselines.baseline("sop", "snr")
