@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -258,6 +259,25 @@ def initial_params():
   model = experiment.build_model(config)
   params, _ = experiment.init_variables(config, model, data.load("synthetic", "train").num_classes)
   return params
+
+
+def test_distributed_flags_without_a_cluster_are_a_usage_error(tmp_path):
+  """--distributed where JAX detects no cluster and no coordinator is given, or the
+  address flags without --distributed: one message naming the flags, exit code 2, no
+  traceback, nothing written."""
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+                              "SLURM_", "OMPI_"))}
+  for extra, named in ((["--distributed"], "--coordinator_address=HOST:PORT"),
+                       (["--num_processes=2"], "add --distributed")):
+    out = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/demo.py",
+         "--workdir", str(tmp_path / "run"), *extra],
+        cwd=ROOT, env={**env, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+        timeout=DEADLINE_S)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert named in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
 
 
 def finished_steps(directory: pathlib.Path) -> list[int]:
