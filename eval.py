@@ -5,6 +5,7 @@
   python eval.py --config configs/demo.py --workdir runs/demo --explain   # + report.html, flow figures
 
 Any model trained with these configs works, including baselines trained without DIML.
+On several hosts, run it on every host with the distributed flags of train.py.
 """
 from absl import app, flags
 from ml_collections import config_flags

@@ -4,7 +4,9 @@
   python train.py --config configs/demo.py                  # a few minutes on a CPU
   python train.py --config configs/cub_margin_diml.py --config.data.root=/data/CUB_200_2011
 
-On a multi-host TPU or GPU slice, run the same command on every host with --distributed.
+On a multi-host TPU or GPU slice, run the same command on every host with --distributed
+(README, "Running on a Cloud TPU pod"); outside a Cloud TPU VM or a SLURM / Open MPI job
+also --coordinator_address=HOST:PORT --num_processes=N --process_id=I.
 """
 import os
 
@@ -17,15 +19,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Checkpoints, logs and results; default runs/<config name>.")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
 flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  runtime.start(distributed=_DISTRIBUTED.value)
+  runtime.start()
   from diml_jax import train_lib  # after initialize(): it may use the backend
   train_lib.train_and_evaluate(_CONFIG.value, _WORKDIR.value or default_workdir())
 

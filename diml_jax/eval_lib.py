@@ -34,8 +34,9 @@ def embed(config: ml_collections.ConfigDict, model, variables: dict, dataset: da
           mesh: Mesh) -> evaluation.Embeddings:
   """Global and local embeddings of every image of ``dataset``, in its order.
 
-  The batches are sharded over the mesh; every host gets the whole result. Images that
-  could not be decoded are left out, with a warning.
+  The batches are sharded over the mesh: each process decodes and embeds its rows of
+  every batch (a multi-process run logs how many), and every process then gets the whole
+  result. Images that could not be decoded are left out, with a warning.
   """
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   names = _outputs(config)
@@ -67,6 +68,9 @@ def embed(config: ml_collections.ConfigDict, model, variables: dict, dataset: da
     for array, out in zip(arrays, outs):
       array[index[keep]] = out[keep]
     seen[index[keep]] = True
+  if jax.process_count() > 1:
+    logging.info("Process %d of %d embedded %d of the %d images of %s", jax.process_index(),
+                 jax.process_count(), batches.decoded, n, dataset)
   if not seen.all():
     logging.warning("%d of %d %s images could not be decoded and are left out",
                     n - seen.sum(), n, dataset)
@@ -118,7 +122,10 @@ def evaluate_state(config, model, state: experiment.TrainState, dataset: data.Da
   if config.loss.marginals == "rollout":
     name += f"_rollout{config.model.rollout_blocks}"
   cache = os.path.join(out_dir, name + ".npz")
-  if os.path.exists(cache):
+  cached = os.path.exists(cache)
+  if jax.process_count() > 1:  # embedding is collective: all processes embed, or none
+    cached = bool(np.all(multihost_utils.process_allgather(np.asarray(cached))))
+  if cached:
     logging.info("Embeddings from %s", cache)
     embeddings = evaluation.load_embeddings(cache)
   else:

@@ -95,6 +95,7 @@ def evaluate(
     chunk_per_device: int | None = None,
     rerank_chunk_per_device: int | None = None,
     devices: Sequence[jax.Device] | None = None,
+    across_processes: bool = True,
     progress: bool = True,
     **sinkhorn_options,
 ) -> dict[str, Any]:
@@ -110,6 +111,12 @@ def evaluate(
      beyond the gallery (``n - 1``) re-ranks the whole list.
   4. NMI and pair-counting F1 of k-means (k = number of classes, k-means++ seeded from
      ``seed``) on the L2-normalised global vectors.
+
+  With several JAX processes (hosts), each ranks and re-ranks its share of the queries
+  on its own devices (:func:`retrieval.process_queries`), and the ranked lists are then
+  exchanged, so that every process returns the same results, exactly those of one
+  process with all the devices. Every process must then call this function with the same
+  embeddings.
 
   Metric conventions (README, Evaluation): the query is never in its own list; by
   default ``R`` = class size - 1 and single-image classes are left out of the retrieval
@@ -135,6 +142,9 @@ def evaluate(
     rerank_chunk_per_device: likewise for the structural re-ranking
       (:func:`retrieval.rerank_scores`).
     devices: devices to split each chunk over; default all local devices.
+    across_processes: with several processes, split the queries between them (above);
+      ``False``: this process ranks every query alone (e.g. when only one process
+      evaluates).
     progress: show progress bars.
     **sinkhorn_options: options of :func:`diml_jax.matching.match` for re-ranking.
 
@@ -151,10 +161,8 @@ def evaluate(
   if x is None and ks[-1] > 0:
     raise ValueError(f"re-ranking (ks={ks}) needs local features, and these embeddings "
                      f"have none: evaluate with ks=(0,).")
-  if marginals == "weights":
-    if weights is None:
-      raise ValueError("marginals='weights' needs Embeddings.weights (part weights [n, r]).")
-    marginals = (weights, weights)
+  if marginals == "weights" and weights is None:
+    raise ValueError("marginals='weights' needs Embeddings.weights (part weights [n, r]).")
   if not recall_ks or min(recall_ks) < 1:
     raise ValueError(f"recall_ks must be non-empty and >= 1; got {recall_ks}.")
   n, classes = g.shape[0], len(np.unique(labels))
@@ -165,25 +173,31 @@ def evaluate(
   kmax = min(ks[-1], n - 1)
   seconds = {}
 
+  # This process's queries (all of them unless split across processes).
+  queries = retrieval.process_queries(n) if across_processes else np.arange(n)
   t = time.perf_counter()
   neighbours = retrieval.global_neighbours(
-      g, g, k=max(depth, kmax), self_index=np.arange(n), chunk_per_device=chunk_per_device,
-      devices=devices, progress=progress,
+      g[queries], g, k=max(depth, kmax), self_index=queries,
+      chunk_per_device=chunk_per_device, devices=devices, progress=progress,
   )
   seconds["global_ranking"] = time.perf_counter() - t
 
   t = time.perf_counter()
-  scores = np.zeros((n, 0), np.float32) if kmax == 0 else retrieval.rerank_scores(
-      x, g, x, g, neighbours.indices[:, :kmax], marginals=marginals, mass=mass,
-      chunk_per_device=rerank_chunk_per_device, devices=devices, progress=progress,
-      **sinkhorn_options,
+  scores = np.zeros((len(queries), 0), np.float32) if kmax == 0 else retrieval.rerank_scores(
+      x[queries], g[queries], x, g, neighbours.indices[:, :kmax],
+      marginals=(weights[queries], weights) if marginals == "weights" else marginals,
+      mass=mass, chunk_per_device=rerank_chunk_per_device, devices=devices,
+      progress=progress, **sinkhorn_options,
   )
   seconds["structural_reranking"] = time.perf_counter() - t
+  indices = neighbours.indices
+  if across_processes:
+    indices, scores = retrieval.gather_queries((indices, scores), n)
 
   t = time.perf_counter()
   results = {}
   for k in ks:
-    order = retrieval.multiscale_order(neighbours.indices, scores, k=min(k, kmax))
+    order = retrieval.multiscale_order(indices, scores, k=min(k, kmax))
     hits = labels[order[:, :depth]] == labels[:, None]
     if depth < relevant.max():  # R = n: the original code finds the query itself last
       hits = np.concatenate([hits, np.ones((n, 1), bool)], axis=1)
@@ -214,7 +228,7 @@ def evaluate(
       "seconds": seconds,
       "settings": {
           "ks": ks, "recall_ks": list(recall_ks), "include_query_in_r": include_query_in_r,
-          "marginals": marginals if isinstance(marginals, str) else "weights",
+          "marginals": marginals,
           "mass": mass, "with_nmi": with_nmi, "kmeans_iterations": kmeans_iterations,
           "seed": seed, "sinkhorn_options": dict(sinkhorn_options),
       },
@@ -265,9 +279,16 @@ def write_results(results: dict[str, Any], workdir: str) -> tuple[str, str]:
 
 
 def save_embeddings(path: str, embeddings: Embeddings) -> None:
-  """Saves :class:`Embeddings` to an ``.npz`` file (uncompressed: fast to reload)."""
+  """Saves :class:`Embeddings` to an ``.npz`` file (uncompressed: fast to reload).
+
+  The file appears complete or not at all (written beside it, then renamed), so a run
+  killed while saving never leaves a truncated cache for the next one to read.
+  """
   arrays = {k: v for k, v in _check(embeddings)._asdict().items() if v is not None}
-  np.savez(path, **arrays)
+  partial = f"{path}.partial"
+  with open(partial, "wb") as f:
+    np.savez(f, **arrays)
+  os.replace(partial, path)
 
 
 def load_embeddings(path: str) -> Embeddings:

@@ -354,9 +354,19 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 def checkpoint_manager(workdir: str, name: str, keep: int | None = None
                        ) -> ocp.CheckpointManager:
   """Orbax manager of ``workdir/name``: saves asynchronously and keeps the last ``keep``;
-  with ``keep=None`` it only reads (evaluation never deletes a run's checkpoints)."""
-  options = (ocp.CheckpointManagerOptions(read_only=True) if keep is None else
-             ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+  with ``keep=None`` it only reads (evaluation never deletes a run's checkpoints).
+
+  Every process of a multi-process run saves together; Orbax's barriers between them are
+  named after the step (``async_write_complete.6``), so two managers saving the same
+  step at once (training's periodic ``checkpoints`` and its ``best`` after an evaluation)
+  met at one barrier and hung. Each manager's barriers are therefore prefixed with its
+  name: the two saves stay asynchronous and independent.
+  """
+  processes = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+  options = (ocp.CheckpointManagerOptions(read_only=True, multiprocessing_options=processes)
+             if keep is None else
+             ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                          multiprocessing_options=processes))
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, name)), options=options)
 
 
@@ -374,6 +384,9 @@ def restore(manager: ocp.CheckpointManager, template: Any, mesh: Mesh,
 
 
 def write_json(path: str, payload: dict) -> None:
+  """Process 0 writes ``payload`` to ``path``, complete or not at all (a run killed while
+  writing leaves the previous file, which the next run reads)."""
   if jax.process_index() == 0:
-    with open(path, "w") as f:
+    with open(f"{path}.partial", "w") as f:
       json.dump(payload, f, indent=2)
+    os.replace(f"{path}.partial", path)

@@ -9,7 +9,9 @@ module does that for many queries at once, without an ``n x n`` matrix in memory
   query chunk by query chunk, each chunk split over the local devices;
 - :func:`rerank_scores`: ``(structural + global) / 2`` between each query and its
   candidates (:func:`diml_jax.matching.rerank`), likewise chunked and split;
-- :func:`multiscale_order`: the ranked lists after re-ranking their first ``K`` items.
+- :func:`multiscale_order`: the ranked lists after re-ranking their first ``K`` items;
+- :func:`process_queries`, :func:`gather_queries`: with several JAX processes (hosts),
+  each ranks its share of the queries, and the shares are then put together.
 
 Scores are computed once for the largest ``K``; every smaller ``K`` only re-sorts.
 
@@ -26,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diml_jax import matching
@@ -36,6 +39,8 @@ __all__ = [
     "rerank_scores",
     "multiscale_order",
     "column_top_k",
+    "process_queries",
+    "gather_queries",
 ]
 
 _AXIS = "queries"
@@ -422,3 +427,47 @@ def multiscale_order(indices: Any, scores: Any, *, k: int) -> np.ndarray:
   if k == 0:
     return indices
   return np.asarray(_multiscale_order(indices, scores, k=int(k)))
+
+
+# --------------------------------------------------------------------------------------
+# Several processes: each ranks its share of the queries.
+
+
+def process_queries(q: int) -> np.ndarray:
+  """The queries this process ranks, of ``q``: its share, ``ceil(q / P)`` consecutive ones.
+
+  With ``P`` JAX processes, process ``p`` takes queries ``[p * s, (p + 1) * s)``,
+  ``s = ceil(q / P)``; the last share is padded by repeating query ``q - 1`` (its extra
+  results are dropped by :func:`gather_queries`). Equal shares give every process chunks
+  of the same shape, the shape one process with all the devices would use, so that the
+  results are exactly the single-process ones (each query's result does not depend on
+  the others in its chunk).
+
+  Returns:
+    ``[s]`` int64 query indices.
+  """
+  if q < 1:
+    raise ValueError(f"q must be >= 1; got {q}.")
+  share = -(-q // jax.process_count())
+  start = jax.process_index() * share
+  return np.minimum(np.arange(start, start + share), q - 1)
+
+
+def gather_queries(local: Any, q: int) -> Any:
+  """Every process's per-query results put together, in query order, on every process.
+
+  A collective: every process calls it, with the results for its
+  :func:`process_queries`.
+
+  Args:
+    local: a pytree of arrays ``[ceil(q / P), ...]``, this process's share.
+    q: the number of queries.
+
+  Returns:
+    The same pytree of arrays ``[q, ...]``.
+  """
+  if jax.process_count() == 1:
+    return jax.tree.map(lambda a: np.asarray(a)[:q], local)
+  return jax.tree.map(
+      lambda a: np.asarray(multihost_utils.process_allgather(np.asarray(a), tiled=True))[:q],
+      local)

@@ -265,13 +265,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _check_finite(pending, checkpoints)
     if checkpoints.latest_step() != total_steps:
       checkpoints.save(total_steps, args=ocp.args.StandardSave(state), force=True)
+    if jax.process_count() > 1:  # each process decodes only its rows of every batch
+      logging.info("Process %d of %d decoded %d training images for %d steps of %d rows",
+                   jax.process_index(), jax.process_count(), batches.decoded,
+                   total_steps - start, config.batch_size // jax.process_count())
   finally:
     if bar is not None:
       bar.close()
     checkpoints.wait_until_finished()
     best.wait_until_finished()
     log.close()
-    skipped = getattr(batches, "skipped", 0)
+    skipped = sum(batches.skipped.values())
     if skipped:
       logging.warning("%d corrupt training images were skipped", skipped)
   return results

@@ -92,7 +92,8 @@ class _TrainBatch:
   rows: slice
   normalization: images_lib.Normalization
 
-  def __call__(self, step: int) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+  def __call__(self, step: int) -> tuple[dict[str, np.ndarray], tuple[str, ...], int]:
+    """``(batch, descriptions of the skipped images, images decoded)``."""
     indices = sampler.batch_indices(
         self.index, step=step, seed=self.seed, batch_size=self.batch_size,
         images_per_class=self.images_per_class)[self.rows]
@@ -105,7 +106,7 @@ class _TrainBatch:
       skipped += bad
     batch = {"image": images_lib.normalize(np.stack(images), self.normalization),
              "label": labels[indices].astype(np.int32)}
-    return batch, tuple(skipped)
+    return batch, tuple(skipped), len(images) + len(skipped)
 
   def _decode_or_substitute(self, i: int, rng) -> tuple[np.ndarray, list[str]]:
     """Image ``i``, or if corrupt the next decodable image of its class (cyclically)."""
@@ -132,7 +133,8 @@ class _EvalBatch:
   resize_size: int | None
   normalization: images_lib.Normalization
 
-  def __call__(self, step: int) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+  def __call__(self, step: int) -> tuple[dict[str, np.ndarray], tuple[str, ...], int]:
+    """``(batch, descriptions of the skipped images, images decoded)``."""
     size = self.decoder.image_size
     n = len(self.decoder.dataset)
     indices = np.arange(step * self.batch_size, (step + 1) * self.batch_size)[self.rows]
@@ -154,7 +156,7 @@ class _EvalBatch:
              "label": labels.astype(np.int32),
              "index": np.where(indices < n, indices, -1).astype(np.int64),
              "mask": mask}
-    return batch, tuple(skipped)
+    return batch, tuple(skipped), int(np.sum(indices < n))
 
 
 class BatchIterator(Iterator[dict[str, np.ndarray]]):
@@ -163,6 +165,8 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
   Attributes:
     step: the step of the next batch.
     skipped: ``Counter`` image description -> times skipped, since the start.
+    decoded: images this process has decoded since the start (its rows of each batch,
+      and the replacements of corrupt ones): what a multi-process run's log reports.
   """
 
   def __init__(self, grain_iterator, *, step: int, steps_per_epoch: int, name: str):
@@ -173,16 +177,18 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
     self._closed = False
     self.step = step
     self.skipped = collections.Counter()
+    self.decoded = 0
 
   def __next__(self) -> dict[str, np.ndarray]:
     if self._closed:
       raise StopIteration
     try:
-      batch, skipped = next(self._iterator)
+      batch, skipped, decoded = next(self._iterator)
     except StopIteration:
       self.close()  # stops the workers now, not at garbage collection
       raise
     self.skipped.update(skipped)
+    self.decoded += decoded
     self._epoch_skipped.update(skipped)
     self.step += 1
     if self.step % self._steps_per_epoch == 0:
