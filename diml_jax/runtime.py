@@ -11,7 +11,6 @@ import os
 import re
 import sys
 
-import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
@@ -153,6 +152,8 @@ def start(*, distributed: bool = False) -> None:
   a multi-host TPU or GPU slice. The libraries' INFO lines are kept out of the log (their
   warnings and errors stay).
   """
+  # JAX is imported here, not at the top: a mistake in the flags is reported at once.
+  import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_compilation_cache_dir", os.environ.get(
       "JAX_COMPILATION_CACHE_DIR", os.path.expanduser("~/.cache/diml_jax/xla")))
   if distributed:
