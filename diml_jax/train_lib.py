@@ -240,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start = int(state.step)
   if start >= total_steps:
     logging.info("%s has finished training (step %d of %d): nothing to do. To evaluate "
-                 "it (again): python eval.py --config ... --workdir %s", workdir, start,
+                 "it (again): python eval.py --workdir %s", workdir, start,
                  total_steps, workdir)
     return {}
 
