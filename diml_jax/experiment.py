@@ -307,15 +307,12 @@ class TrainState:
 
 
 def init_variables(config: ml_collections.ConfigDict, model: models.EmbeddingModel,
-                   num_classes: int, *, pretrained: bool = True) -> tuple[dict, dict]:
-  """Fresh ``(params, batch_stats)``, with ImageNet weights for the backbone if configured.
-
-  ``pretrained=False`` skips loading them (for a template to restore a checkpoint into).
-  """
+                   num_classes: int) -> tuple[dict, dict]:
+  """Fresh ``(params, batch_stats)``, with ImageNet weights for the backbone if configured."""
   key_model, key_loss = jax.random.split(jax.random.key(config.seed))
   size = config.data.image_size
   variables = jax.jit(model.init)(key_model, jnp.zeros((1, size, size, 3), jnp.float32))
-  if pretrained and config.model.pretrained:
+  if config.model.pretrained:
     variables = models.replace_backbone(variables,
                                         pretrained_backbone(config, model.backbone))
   # DGML's groups share the loss's parameters: one criterion applied to each group.
@@ -369,16 +366,6 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
   return optax.multi_transform({k: v for k, v in transforms.items() if k in used}, labels)
 
 
-def state_template(config, model, num_classes: int, steps_per_epoch: int) -> TrainState:
-  """The structure, shapes and dtypes of a run's :class:`TrainState`, computing nothing."""
-  def build():
-    params, batch_stats = init_variables(config, model, num_classes, pretrained=False)
-    tx = make_optimizer(config, params, steps_per_epoch)
-    return TrainState(step=jnp.int32(0), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params))
-  return jax.eval_shape(build)
-
-
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Host values, identical on every host, as arrays replicated over the mesh."""
   sharding = NamedSharding(mesh, P())
@@ -405,7 +392,7 @@ def restore(manager: ocp.CheckpointManager, template: Any, mesh: Mesh,
             step: int | None = None) -> Any:
   """The checkpoint at ``step`` (default: the latest), replicated over ``mesh``.
 
-  ``template`` gives the structure, shapes and dtypes: a state or :func:`state_template`.
+  ``template`` gives the structure, shapes and dtypes (e.g. a freshly built state).
   """
   step = manager.latest_step() if step is None else step
   replicated = NamedSharding(mesh, P())
