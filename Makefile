@@ -28,7 +28,7 @@ system-deps:
 # report and flow figures to runs/demo/eval/step_*/.
 demo: system-deps $(VENV)/.installed
 	$(PY) train.py --config configs/demo.py --workdir runs/demo
-	$(PY) eval.py --config configs/demo.py --workdir runs/demo --explain
+	$(PY) eval.py --workdir runs/demo --explain
 
 test: system-deps $(VENV)/.installed
 	$(PY) -m pytest

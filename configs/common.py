@@ -16,6 +16,13 @@ DATASETS = {
 # And In-Shop Clothes Retrieval, outside the papers' tables (the reference DGML code trains
 # on it), a benchmark of queries against a gallery (Dataset.is_query).
 ALL_DATASETS = {**DATASETS, "inshop": "inshop"}
+# Recall@k cut-offs the literature reports for each (Oh Song et al. 2016 and since):
+# SOP's gallery has 60,502 images, so its cut-offs go to 1000.
+RECALL_KS = {
+    "cub": (1, 2, 4, 8),
+    "cars": (1, 2, 4, 8),
+    "sop": (1, 10, 100, 1000),
+}
 
 
 def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
@@ -110,6 +117,7 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.eval.every_epochs = 5          # and after the last epoch; 0: never
   c.eval.batch_size = 128
   c.eval.ks = (0, 5, 10, 50, 100, 500, 1000)  # re-ranking depths K (0 = global only)
+  c.eval.recall_ks = RECALL_KS[dataset]  # Recall@k cut-offs (1 must be one: it picks the best)
   c.eval.include_query_in_r = False  # True: the original code's R-Precision / MAP@R
   c.eval.with_nmi = True
 

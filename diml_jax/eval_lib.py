@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diml_jax import data, evaluation, experiment, explain, matching, partial, retrieval
 from diml_jax.data import images as image_lib
+from diml_jax.errors import UsageError
 from diml_jax.experiment import DATA_AXIS
 
 
@@ -104,15 +105,17 @@ def evaluate_embeddings(config: ml_collections.ConfigDict, embeddings: evaluatio
                         ) -> dict[str, Any]:
   """Global and multi-scale DIML retrieval metrics (MISSION.md step 6)."""
   return evaluation.evaluate(
-      embeddings, ks=config.eval.ks, include_query_in_r=config.eval.include_query_in_r,
+      embeddings, ks=config.eval.ks, recall_ks=config.eval.recall_ks,
+      include_query_in_r=config.eval.include_query_in_r,
       with_nmi=config.eval.with_nmi, seed=config.seed, progress=jax.process_index() == 0,
       **rerank_options(config), **config.sinkhorn,
   )
 
 
-def evaluate_state(config, model, state: experiment.TrainState, dataset: data.Dataset,
-                   mesh: Mesh, out_dir: str) -> tuple[dict[str, Any], evaluation.Embeddings]:
-  """Embeds ``dataset`` (or reloads the embeddings cached in ``out_dir``) and evaluates.
+def evaluate_model(config, model, variables: dict, dataset: data.Dataset, mesh: Mesh,
+                   out_dir: str) -> tuple[dict[str, Any], evaluation.Embeddings]:
+  """Embeds ``dataset`` with the model's ``variables`` (or reloads the embeddings cached
+  in ``out_dir``) and evaluates.
 
   Results go to ``out_dir`` as JSON and CSV. The cache is named after the grid, the
   image size and (for rollout marginals) the rollout depth, which change the embeddings;
@@ -129,7 +132,7 @@ def evaluate_state(config, model, state: experiment.TrainState, dataset: data.Da
     logging.info("Embeddings from %s", cache)
     embeddings = evaluation.load_embeddings(cache)
   else:
-    embeddings = embed(config, model, model_variables(state), dataset, mesh)
+    embeddings = embed(config, model, variables, dataset, mesh)
     if jax.process_index() == 0:
       os.makedirs(out_dir, exist_ok=True)
       evaluation.save_embeddings(cache, embeddings)
@@ -208,8 +211,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
         explain_results: bool = False) -> dict[str, Any]:
   """Evaluates a saved model: what ``eval.py`` does.
 
+  Needs the test split only: the model's variables are read from the checkpoint with
+  the shapes it records (:func:`diml_jax.experiment.restore_model`).
+
   Args:
-    config: the run's config (the model must be the one the checkpoint was saved from).
+    config: the run's config (the model must be the one the checkpoint was saved from);
+      ``eval.py`` reads ``workdir/config.json`` unless given ``--config``.
     workdir: the training run's directory; results (and the embeddings, reused by a
       later call) go to ``workdir/eval/step_N/``.
     checkpoint: a checkpoint step directory (``.../checkpoints/1200``); by default the
@@ -218,19 +225,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
 
   Returns:
     The evaluation results (:func:`diml_jax.evaluation.evaluate`).
+
+  Raises:
+    UsageError: no checkpoint to evaluate, a model other than the config's, or no test
+      split where the config says; nothing is written then.
   """
   experiment.check_config(config)
+  directory, step = _find_checkpoint(workdir, checkpoint)
+  test_set = experiment.load_split(config, "test")
   mesh = experiment.make_mesh()
   model = experiment.build_model(config)
-  train_set = experiment.load_split(config, "train")  # paths only: for the state's shapes
-  test_set = experiment.load_split(config, "test")
-  directory, step = _find_checkpoint(workdir, checkpoint)
-  manager = experiment.checkpoint_manager(*os.path.split(directory))
-  steps_per_epoch = config.steps_per_epoch or max(1, len(train_set) // config.batch_size)
-  template = experiment.state_template(config, model, train_set.num_classes, steps_per_epoch)
-  state = experiment.restore(manager, template, mesh, step)
+  variables = experiment.restore_model(
+      experiment.checkpoint_manager(*os.path.split(directory)), mesh, step, model=model,
+      image_size=config.data.image_size)
   out_dir = os.path.join(workdir, "eval", f"step_{step}")
-  results, embeddings = evaluate_state(config, model, state, test_set, mesh, out_dir)
+  results, embeddings = evaluate_model(config, model, variables, test_set, mesh, out_dir)
   if jax.process_index() == 0:
     print(f"{test_set}, checkpoint {directory}/{step}\n{evaluation.format_table(results)}")
     if explain_results:
@@ -244,14 +253,17 @@ def _find_checkpoint(workdir: str, checkpoint: str | None) -> tuple[str, int]:
     path = os.path.abspath(checkpoint.rstrip("/"))
     if os.path.basename(path).isdigit() and os.path.isdir(path):
       return os.path.dirname(path), int(os.path.basename(path))
-    raise FileNotFoundError(
-        f"--checkpoint={checkpoint!r} is not a checkpoint step directory such as "
+    raise UsageError(
+        f"--checkpoint={checkpoint} is not a checkpoint step directory such as "
         f"{os.path.join(workdir, 'checkpoints', '1200')}.")
+  if not os.path.isdir(workdir):
+    raise UsageError(f"--workdir={workdir}: no such directory. Give a training run's "
+                     f"directory (train.py --workdir, by default runs/<config name>).")
   for name in ("best", "checkpoints"):
     directory = os.path.abspath(os.path.join(workdir, name))
     steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) if os.path.isdir(directory) else []
     if steps:
       return directory, steps[-1]
-  raise FileNotFoundError(
-      f"No checkpoint in {workdir!r} (looked in best/ and checkpoints/): train first with "
-      f"`python train.py --config ... --workdir {workdir}`, or pass --checkpoint.")
+  raise UsageError(
+      f"--workdir={workdir} holds no checkpoint (looked in best/ and checkpoints/): train "
+      f"first with `python train.py --config ... --workdir {workdir}`, or pass --checkpoint.")

@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diml_jax import data, models
+from diml_jax.errors import UsageError
 from diml_jax.losses import registry
 
 BACKBONES = {
@@ -51,11 +52,15 @@ DATA_AXIS = "data"
 
 def _one_of(name: str, value: Any, allowed) -> None:
   if value not in allowed:
-    raise ValueError(f"config.{name}={value!r} is not one of {tuple(allowed)}.")
+    raise UsageError(f"--config.{name}={value!r} is not one of {tuple(allowed)}.")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Checks a config's values, so that a mistake fails at once and names the key."""
+  """Checks a config's values, so that a mistake fails at once and names the key.
+
+  Raises:
+    UsageError: a value is not allowed; the message names its key and the fix.
+  """
   _one_of("data.name", config.data.name, data.NAMES)
   _one_of("data.source", config.data.source, ("files", "tfds"))
   if config.data.fallback:
@@ -64,106 +69,125 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   _one_of("model.backbone", model.backbone, BACKBONES)
   vit = model.backbone in VITS
   if model.weights and not model.pretrained:
-    raise ValueError(
-        f"config.model.weights={model.weights!r} is set but config.model.pretrained=False: "
+    raise UsageError(
+        f"--config.model.weights={model.weights!r} is set but --config.model.pretrained=False: "
         f"set --config.model.pretrained=True to load it, or --config.model.weights=''.")
   if model.weights and not os.path.exists(model.weights):
-    raise ValueError(f"config.model.weights={model.weights!r}: no such file.")
+    raise UsageError(f"--config.model.weights={model.weights!r}: no such file.")
   if model.pretrained and not model.weights and model.backbone not in PRETRAINED:
     hint = ("a timm/DeiT state dict, e.g. --config.model.weights=/path/to/"
             "deit_small_patch16_224-cd65a155.pth --config.model.weights_key=model" if vit
             else "a weight file with --config.model.weights=PATH")
-    raise ValueError(
-        f"config.model.pretrained=True, but ImageNet weights are provided for "
+    raise UsageError(
+        f"--config.model.pretrained=True, but ImageNet weights are provided for "
         f"{PRETRAINED} only, not {model.backbone!r}: give {hint}, or set "
         f"--config.model.pretrained=False."
     )
   _one_of("model.compute_dtype", model.compute_dtype, DTYPES)
   _one_of("model.global_from", model.global_from, ("feature_map", "grid"))
   if not 1 <= model.grid_size <= 7:
-    raise ValueError(f"config.model.grid_size={model.grid_size} must be in 1..7.")
+    raise UsageError(f"--config.model.grid_size={model.grid_size} must be in 1..7.")
   if vit:
     depth = BACKBONES[model.backbone].keywords["depth"]
     if not (isinstance(model.rollout_blocks, int) and 0 <= model.rollout_blocks <= depth):
-      raise ValueError(
-          f"config.model.rollout_blocks={model.rollout_blocks!r} must be an integer in "
+      raise UsageError(
+          f"--config.model.rollout_blocks={model.rollout_blocks!r} must be an integer in "
           f"0..{depth} (the last L blocks of {model.backbone} in the attention rollout; "
           f"0 = all).")
     if config.data.image_size % 16:
-      raise ValueError(
-          f"config.data.image_size={config.data.image_size} must be a multiple of 16, the "
+      raise UsageError(
+          f"--config.data.image_size={config.data.image_size} must be a multiple of 16, the "
           f"patch size of {model.backbone}.")
   elif model.backbone == "bninception" and config.data.image_size % 32:
-    raise ValueError(
-        f"config.data.image_size={config.data.image_size} must be a multiple of 32 for "
+    raise UsageError(
+        f"--config.data.image_size={config.data.image_size} must be a multiple of 32 for "
         f"bninception, whose stride-2 blocks need even feature maps (224 is the usual).")
   if not vit and model.rollout_blocks:
-    raise ValueError(
-        f"config.model.rollout_blocks={model.rollout_blocks} applies to ViT backbones "
+    raise UsageError(
+        f"--config.model.rollout_blocks={model.rollout_blocks} applies to ViT backbones "
         f"{VITS} only, not {model.backbone!r}: set --config.model.rollout_blocks=0.")
   _one_of("model.head", model.head, HEADS)
   registry.check(config)  # the loss's name, its miner, and whether it can train on DIML
   _one_of("loss.marginals", loss.marginals, MARGINALS)
   if loss.marginals == "rollout" and not vit:
-    raise ValueError(
-        f"config.loss.marginals='rollout' weighs the parts by a ViT's attention rollout; "
+    raise UsageError(
+        f"--config.loss.marginals='rollout' weighs the parts by a ViT's attention rollout; "
         f"{model.backbone!r} has no attention: choose a backbone of {VITS} or "
         f"--config.loss.marginals=cross.")
   mass = loss.partial_mass
   if isinstance(mass, bool) or not isinstance(mass, (int, float)) or not 0 < mass <= 1:
-    raise ValueError(
-        f"config.loss.partial_mass={mass!r} must be a number in (0, 1]: the fraction p of "
+    raise UsageError(
+        f"--config.loss.partial_mass={mass!r} must be a number in (0, 1]: the fraction p of "
         f"each image's part weight that is matched (1 = ordinary matching).")
   query_decay = config.optimizer.query_weight_decay
   if query_decay is not None:
     if model.head != "grouping":
-      raise ValueError(
-          f"config.optimizer.query_weight_decay={query_decay} is the weight decay of DGML's "
+      raise UsageError(
+          f"--config.optimizer.query_weight_decay={query_decay} is the weight decay of DGML's "
           f"group queries (model.head='grouping'): set --config.model.head=grouping, or "
           f"leave optimizer.query_weight_decay unset.")
     if not query_decay >= 0:
-      raise ValueError(f"config.optimizer.query_weight_decay={query_decay} must be >= 0.")
+      raise UsageError(f"--config.optimizer.query_weight_decay={query_decay} must be >= 0.")
   if not loss.diversity_weight >= 0:
-    raise ValueError(f"config.loss.diversity_weight={loss.diversity_weight} must be >= 0.")
+    raise UsageError(f"--config.loss.diversity_weight={loss.diversity_weight} must be >= 0.")
   if model.head == "grouping":
     if not 1 <= model.num_groups <= model.embed_dim:
-      raise ValueError(
-          f"config.model.num_groups={model.num_groups} must be in 1..embed_dim "
+      raise UsageError(
+          f"--config.model.num_groups={model.num_groups} must be in 1..embed_dim "
           f"({model.embed_dim}): each group gets embed_dim // num_groups dimensions.")
     if loss.diml:
-      raise ValueError(
-          "config.loss.diml=True matches parts, and the grouping head (model.head="
+      raise UsageError(
+          "--config.loss.diml=True matches parts, and the grouping head (model.head="
           "'grouping') has none: its metric loss runs on each group's embedding. Set "
           "--config.loss.diml=False.")
     if max(config.eval.ks) > 0:
-      raise ValueError(
-          f"config.eval.ks={tuple(config.eval.ks)} re-ranks with parts, which the grouping "
+      raise UsageError(
+          f"--config.eval.ks={tuple(config.eval.ks)} re-ranks with parts, which the grouping "
           f"head has not: set --config.eval.ks='(0,)'.")
     if loss.marginals == "rollout":
-      raise ValueError("config.loss.marginals='rollout' needs model.head='embedding'.")
+      raise UsageError("--config.loss.marginals='rollout' needs model.head='embedding'.")
   elif loss.diversity_weight:
-    raise ValueError(
-        f"config.loss.diversity_weight={loss.diversity_weight} is DGML's, for "
+    raise UsageError(
+        f"--config.loss.diversity_weight={loss.diversity_weight} is DGML's, for "
         f"model.head='grouping' only: set --config.model.head=grouping or "
         f"--config.loss.diversity_weight=0.")
+  counts = {
+      "num_epochs": config.num_epochs, "batch_size": config.batch_size,
+      "images_per_class": config.images_per_class, "eval.batch_size": config.eval.batch_size,
+      "data.image_size": config.data.image_size, "data.resize_size": config.data.resize_size,
+      "log_every_steps": config.log_every_steps,
+      "checkpoint_every_steps": config.checkpoint_every_steps,
+  }
+  for key, value in counts.items():
+    if value < 1:
+      raise UsageError(f"--config.{key}={value} must be >= 1.")
   if config.batch_size % config.images_per_class:
-    raise ValueError(
-        f"config.batch_size={config.batch_size} must be a multiple of "
-        f"config.images_per_class={config.images_per_class}."
+    raise UsageError(
+        f"--config.batch_size={config.batch_size} must be a multiple of "
+        f"--config.images_per_class={config.images_per_class}."
     )
   if config.batch_size % jax.device_count():
-    raise ValueError(
-        f"config.batch_size={config.batch_size} must be divisible by the "
+    raise UsageError(
+        f"--config.batch_size={config.batch_size} must be divisible by the "
         f"{jax.device_count()} devices, each of which takes an equal share."
     )
   if config.eval.batch_size % jax.device_count():
-    raise ValueError(
-        f"config.eval.batch_size={config.eval.batch_size} must be divisible by the "
+    raise UsageError(
+        f"--config.eval.batch_size={config.eval.batch_size} must be divisible by the "
         f"{jax.device_count()} devices."
     )
-  for name in ("num_epochs", "batch_size", "log_every_steps", "checkpoint_every_steps"):
-    if config[name] < 1:
-      raise ValueError(f"config.{name}={config[name]} must be >= 1.")
+  if not config.optimizer.lr > 0:
+    raise UsageError(f"--config.optimizer.lr={config.optimizer.lr} must be > 0.")
+  if not config.optimizer.weight_decay >= 0:
+    raise UsageError(
+        f"--config.optimizer.weight_decay={config.optimizer.weight_decay} must be >= 0.")
+  if not config.eval.ks or min(config.eval.ks) < 0:
+    raise UsageError(f"--config.eval.ks={tuple(config.eval.ks)} must be re-ranking depths "
+                     f">= 0 (0: the global ranking).")
+  if 1 not in config.eval.recall_ks or min(config.eval.recall_ks) < 1:
+    raise UsageError(
+        f"--config.eval.recall_ks={tuple(config.eval.recall_ks)} must be cut-offs >= 1 "
+        f"including 1 (R@1 picks the best checkpoint).")
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -171,6 +195,22 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config :func:`save_config` wrote to ``workdir/config.json``.
+
+  JSON has no tuples: its lists come back as the tuples the configs hold.
+  """
+  def tuples(value):
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+      return tuple(tuples(v) for v in value)
+    return value
+
+  with open(os.path.join(workdir, "config.json")) as f:
+    return ml_collections.ConfigDict(tuples(json.load(f)))
 
 
 def make_mesh() -> Mesh:
@@ -184,13 +224,22 @@ def make_mesh() -> Mesh:
 
 
 def load_split(config: ml_collections.ConfigDict, split: str) -> data.Dataset:
-  """The data set's ``split``; the fallback data set if the first is not installed."""
+  """The data set's ``split``; the fallback data set if the first is not installed.
+
+  Raises:
+    UsageError: the data set is not where ``config.data.root`` says (the message shows
+      the layout expected there and where to get the data set), or the package its
+      source needs is not installed.
+  """
   kwargs = dict(root=config.data.root or None, source=config.data.source)
   try:
     dataset = data.load(config.data.name, split, **kwargs)
-  except (FileNotFoundError, ModuleNotFoundError) as e:
+  except (FileNotFoundError, ImportError) as e:
     if not config.data.fallback:
-      raise
+      if isinstance(e, data.DataNotFoundError):
+        raise UsageError(e.message("--config.data.root")) from e
+      raise UsageError(f"--config.data.name={config.data.name} "
+                       f"--config.data.source={config.data.source}: {e}") from e
     logging.warning("%s: %s\nUsing the %r data set instead.", config.data.name, e,
                     config.data.fallback)
     dataset = data.load(config.data.fallback, split)
@@ -266,15 +315,12 @@ class TrainState:
 
 
 def init_variables(config: ml_collections.ConfigDict, model: models.EmbeddingModel,
-                   num_classes: int, *, pretrained: bool = True) -> tuple[dict, dict]:
-  """Fresh ``(params, batch_stats)``, with ImageNet weights for the backbone if configured.
-
-  ``pretrained=False`` skips loading them (for a template to restore a checkpoint into).
-  """
+                   num_classes: int) -> tuple[dict, dict]:
+  """Fresh ``(params, batch_stats)``, with ImageNet weights for the backbone if configured."""
   key_model, key_loss = jax.random.split(jax.random.key(config.seed))
   size = config.data.image_size
   variables = jax.jit(model.init)(key_model, jnp.zeros((1, size, size, 3), jnp.float32))
-  if pretrained and config.model.pretrained:
+  if config.model.pretrained:
     variables = models.replace_backbone(variables,
                                         pretrained_backbone(config, model.backbone))
   # DGML's groups share the loss's parameters: one criterion applied to each group.
@@ -333,16 +379,6 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
   return optax.multi_transform({k: v for k, v in transforms.items() if k in used}, labels)
 
 
-def state_template(config, model, num_classes: int, steps_per_epoch: int) -> TrainState:
-  """The structure, shapes and dtypes of a run's :class:`TrainState`, computing nothing."""
-  def build():
-    params, batch_stats = init_variables(config, model, num_classes, pretrained=False)
-    tx = make_optimizer(config, params, steps_per_epoch)
-    return TrainState(step=jnp.int32(0), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params))
-  return jax.eval_shape(build)
-
-
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Host values, identical on every host, as arrays replicated over the mesh."""
   sharding = NamedSharding(mesh, P())
@@ -354,7 +390,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 def checkpoint_manager(workdir: str, name: str, keep: int | None = None
                        ) -> ocp.CheckpointManager:
   """Orbax manager of ``workdir/name``: saves asynchronously and keeps the last ``keep``;
-  with ``keep=None`` it only reads (evaluation never deletes a run's checkpoints).
+  with ``keep=None`` it reads only (:func:`restore_model`; evaluation never saves, so
+  never deletes a run's checkpoints).
 
   Every process of a multi-process run saves together; Orbax's barriers between them are
   named after the step (``async_write_complete.6``), so two managers saving the same
@@ -362,25 +399,86 @@ def checkpoint_manager(workdir: str, name: str, keep: int | None = None
   met at one barrier and hung. Each manager's barriers are therefore prefixed with its
   name: the two saves stay asynchronous and independent.
   """
+  path = os.path.abspath(os.path.join(workdir, name))
   processes = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
-  options = (ocp.CheckpointManagerOptions(read_only=True, multiprocessing_options=processes)
-             if keep is None else
-             ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                          multiprocessing_options=processes))
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, name)), options=options)
+  if keep is None:
+    # Not Orbax's read_only option: it warns at every use that it is read-only.
+    return ocp.CheckpointManager(
+        path, options=ocp.CheckpointManagerOptions(
+            create=False, multiprocessing_options=processes),
+        item_handlers=ocp.PyTreeCheckpointHandler())
+  return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, multiprocessing_options=processes))
 
 
 def restore(manager: ocp.CheckpointManager, template: Any, mesh: Mesh,
             step: int | None = None) -> Any:
   """The checkpoint at ``step`` (default: the latest), replicated over ``mesh``.
 
-  ``template`` gives the structure, shapes and dtypes: a state or :func:`state_template`.
+  ``template`` gives the structure, shapes and dtypes (e.g. a freshly built state).
   """
   step = manager.latest_step() if step is None else step
   replicated = NamedSharding(mesh, P())
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), template)
   return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def restore_model(manager: ocp.CheckpointManager, mesh: Mesh, step: int, *, model,
+                  image_size: int) -> dict:
+  """The model's variables (``params``, ``batch_stats``) of checkpoint ``step``.
+
+  Only these are read, replicated over ``mesh``, with the shapes the checkpoint's
+  metadata gives: not the optimiser state, nor the loss's parameters, whose shapes
+  depend on the training split (ProxyAnchor's proxies, one per class), so evaluation
+  needs neither that split nor the optimiser's memory.
+
+  Args:
+    manager: a reading manager (:func:`checkpoint_manager` with ``keep=None``).
+    mesh: the device mesh.
+    step: the checkpoint's step.
+    model: the model the config builds; its variables must have the checkpoint's shapes.
+    image_size: the side of the input images (a ViT's position embeddings depend on it).
+
+  Raises:
+    UsageError: the checkpoint holds another model than ``model`` (a config other than
+      the one it was trained with).
+  """
+  metadata = manager.item_metadata(step)
+  replicated = NamedSharding(mesh, P())
+  abstract = {"params": {"model": metadata["params"]["model"]}}
+  if metadata.get("batch_stats"):
+    abstract["batch_stats"] = metadata["batch_stats"]
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), abstract)
+  expected = jax.eval_shape(model.init, jax.random.key(0),
+                            jnp.zeros((1, image_size, image_size, 3), jnp.float32))
+  _check_same_model(expected, {"params": abstract["params"]["model"],
+                               "batch_stats": abstract.get("batch_stats", {})},
+                    f"{manager.directory}/{step}")
+  restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+      abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+      partial_restore=True))
+  variables = {"params": restored["params"]["model"]}
+  if "batch_stats" in restored:
+    variables["batch_stats"] = restored["batch_stats"]
+  return variables
+
+
+def _check_same_model(expected: dict, found: dict, where: str) -> None:
+  """Raises :class:`UsageError` naming the first variable whose shape differs."""
+  want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(
+      {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})})[0]}
+  have = {jax.tree_util.keystr(k): v.shape
+          for k, v in jax.tree_util.tree_flatten_with_path(found)[0]}
+  if want == have:
+    return
+  differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+  raise UsageError(
+      f"{where} holds another model than the config builds ({len(differ)} variables differ, "
+      f"e.g. {differ[0]}: {have.get(differ[0], 'absent')} in the checkpoint, "
+      f"{want.get(differ[0], 'absent')} in the config's model). Evaluate it with the config "
+      f"it was trained with: the run's config.json, the default without --config.")
 
 
 def write_json(path: str, payload: dict) -> None:

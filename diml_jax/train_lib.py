@@ -148,7 +148,9 @@ class _Log:
     if not self.primary:
       return
     for name, value in scalars.items():
-      self.writer.add_scalar(name, value, step)
+      # TensorBoard tags allow no "@" (recall@1): tensorboardX would rename each with a
+      # log line of its own.
+      self.writer.add_scalar(name.replace("@", "_at_"), value, step)
     self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self.jsonl.flush()
 
@@ -171,15 +173,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     The last evaluation's results (:func:`diml_jax.evaluation.evaluate`).
 
   Raises:
+    UsageError: a config value is not allowed, or the data set is not where the config
+      says; nothing is written then.
     FloatingPointError: the loss or the gradients became NaN or infinite; the message
       names the step and the last checkpoint.
   """
-  experiment.check_config(config)  # before anything heavy
+  # A user's mistake (a config value, the data's place) fails before anything is written.
+  experiment.check_config(config)
+  train_set = experiment.load_split(config, "train")
+  test_set = experiment.load_split(config, "test")
   os.makedirs(workdir, exist_ok=True)
   experiment.save_config(config, workdir)
   mesh = experiment.make_mesh()
-  train_set = experiment.load_split(config, "train")
-  test_set = experiment.load_split(config, "test")
   model = experiment.build_model(config)
   steps_per_epoch = config.steps_per_epoch or max(1, len(train_set) // config.batch_size)
   total_steps = config.num_epochs * steps_per_epoch
@@ -203,7 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   start = int(state.step)
   if start >= total_steps:
     logging.info("%s has finished training (step %d of %d): nothing to do. To evaluate "
-                 "it (again): python eval.py --config ... --workdir %s", workdir, start,
+                 "it (again): python eval.py --workdir %s", workdir, start,
                  total_steps, workdir)
     return {}
 
@@ -252,8 +257,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         every = config.eval.every_epochs
         if every and (epoch_done % every == 0 or step + 1 == total_steps):
           _check_finite(pending, checkpoints)
-          results, _ = eval_lib.evaluate_state(
-              config, model, state, test_set, mesh,
+          results, _ = eval_lib.evaluate_model(
+              config, model, eval_lib.model_variables(state), test_set, mesh,
               os.path.join(workdir, "eval", f"step_{step + 1}"))
           r1 = _log_eval(results, log, step + 1, epoch_done)
           if r1 > best_r1:

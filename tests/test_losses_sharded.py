@@ -4,7 +4,14 @@ tests/conftest.py gives the process 8 CPU devices. The same jitted program runs 
 the batch on one device (``mesh=None``) and once split over a ``("data",)`` mesh, where each
 device matches its rows against the all-gathered batch; values and gradients must agree
 to 1e-5, and the compiled per-device program must hold 1/8 of the matching problems.
+
+Compiling the matching of every loss is most of the time these tests take, so the
+default tier checks a core set (each sharded path of the structural quantities once:
+the batch against itself, against its picked partners, against proxies, with part
+weights and partial mass, and every loss fed by those matrices) on the ``Auto`` mesh
+training uses; the slow tier checks every loss, on both mesh types.
 """
+import functools
 import re
 
 import jax
@@ -20,31 +27,25 @@ N_DEVICES = 8
 LABELS = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 5, 6, 7, 7])  # class 6: one image
 
 
-def all_losses(x, beta, proxies, proxy_parts, mesh):
-  """Every loss, global and DIML, as one vector ``[n]`` (mesh=None: no sharding)."""
+def core_losses(x, beta, proxies, proxy_parts, mesh):
+  """Each sharded structural path once, and every loss on its matrices, as ``[n]``."""
   labels = jnp.asarray(LABELS)
   key = jax.random.key(0)
   shard = dict(mesh=mesh, axis_name="data")
   g = x.mean(1)
   distance = losses.structural_matrix(x, quantity="distance", **shard)
+  similarity = losses.structural_matrix(x, quantity="similarity", **shard)
+  w, w_proxy = jax.nn.sigmoid(x[..., 0]), jax.nn.sigmoid(proxy_parts[..., 0])
   values = [
-      losses.margin_diml(x, labels, beta, key, **shard),
+      losses.margin_diml(x, labels, beta, key, **shard),  # matrix and picked partners
       losses.margin_global(g, labels, beta, key),
-      losses.multi_similarity_diml(x, labels, **shard),
+      losses.multi_similarity_loss(similarity, labels),
       losses.multi_similarity_loss(losses.cosine_similarity(g), labels),
       losses.triplet_loss(distance, labels),
       losses.contrastive_loss(distance, labels, neg_margin=1.2),
       losses.proxy_anchor_loss(losses.proxy_similarity(g, proxies), labels),
-      losses.proxy_anchor_loss(losses.structural_matrix(
-          x, y=proxy_parts, quantity="similarity", **shard), labels),
-  ]
-  # Part weights (as a ViT's rollout gives) and partial similarity: the weights are split
-  # and gathered with the parts.
-  w, w_proxy = jax.nn.sigmoid(x[..., 0]), jax.nn.sigmoid(proxy_parts[..., 0])
-  weighted = dict(marginals=w, mass=0.6, **shard)
-  values += [
-      losses.margin_diml(x, labels, beta, key, **weighted),
-      losses.multi_similarity_diml(x, labels, **weighted),
+      # Part weights (as a ViT's rollout gives) and partial similarity against proxies:
+      # the weights are split and gathered with the parts.
       losses.proxy_anchor_loss(losses.structural_matrix(
           x, y=proxy_parts, quantity="similarity", marginals=(w, w_proxy), mass=0.6,
           **shard), labels),
@@ -52,18 +53,40 @@ def all_losses(x, beta, proxies, proxy_parts, mesh):
   return jnp.stack([v.loss for v in values])
 
 
-def values_and_jacobians(mesh):
-  f = lambda *args: all_losses(*args, mesh=mesh)
+def all_losses(x, beta, proxies, proxy_parts, mesh):
+  """Every loss, global and DIML, as one vector ``[n]`` (mesh=None: no sharding)."""
+  labels = jnp.asarray(LABELS)
+  key = jax.random.key(0)
+  shard = dict(mesh=mesh, axis_name="data")
+  values = [
+      losses.multi_similarity_diml(x, labels, **shard),
+      losses.proxy_anchor_loss(losses.structural_matrix(
+          x, y=proxy_parts, quantity="similarity", **shard), labels),
+  ]
+  w = jax.nn.sigmoid(x[..., 0])
+  weighted = dict(marginals=w, mass=0.6, **shard)
+  values += [
+      losses.margin_diml(x, labels, beta, key, **weighted),
+      losses.multi_similarity_diml(x, labels, **weighted),
+  ]
+  return jnp.concatenate([core_losses(x, beta, proxies, proxy_parts, mesh),
+                          jnp.stack([v.loss for v in values])])
+
+
+LOSS_SETS = {"core": core_losses, "all": all_losses}
+
+
+def values_and_jacobians(fn, mesh):
+  f = lambda *args: fn(*args, mesh=mesh)
   return lambda *args: (f(*args), jax.jacrev(f, argnums=(0, 1, 2, 3))(*args))
 
 
-@pytest.fixture(scope="module")
-def runs():
-  """(outputs, compiled HLO text) for one device and for 8-device meshes of both axis types.
-
-  ``Explicit`` (``jax.make_mesh``'s default: shardings are part of the array types) and
-  ``Auto`` (the compiler propagates shardings from the inputs').
-  """
+@functools.cache
+def run(loss_set: str, mesh: str):
+  """(outputs, compiled HLO text) of ``loss_set`` on one device (``mesh="single"``) or on
+  an 8-device mesh of axis type ``Explicit`` (``jax.make_mesh``'s default: shardings are
+  part of the array types) or ``Auto`` (the compiler propagates shardings from the
+  inputs'). Cached: each program is compiled once per session."""
   cpus = jax.devices("cpu")  # CPU devices whatever the default backend, for one backend
   assert len(cpus) == N_DEVICES
   rng = np.random.default_rng(0)
@@ -72,25 +95,29 @@ def runs():
   args = [jnp.asarray(x), jnp.linspace(1.0, 1.3, B // 2),
           jnp.asarray(rng.normal(size=(B // 2, C)), jnp.float32),
           jnp.asarray(rng.normal(size=(B // 2, R_PROXY, C)), jnp.float32)]
-  meshes = {"single": None}
-  for kind in (AxisType.Explicit, AxisType.Auto):
-    meshes[kind.name.lower()] = jax.make_mesh(
-        (N_DEVICES,), ("data",), axis_types=(kind,), devices=cpus)
-  result = {}
-  for name, m in meshes.items():
-    run_args = [jax.device_put(a, cpus[0]) for a in args]
-    if m is not None:  # the batch split by rows; parameters replicated
-      run_args[0] = jax.device_put(args[0], NamedSharding(m, P("data")))
-      run_args[1:] = [jax.device_put(a, NamedSharding(m, P())) for a in args[1:]]
-    compiled = jax.jit(values_and_jacobians(m)).lower(*run_args).compile()
-    result[name] = (jax.tree.map(np.asarray, compiled(*run_args)), compiled.as_text())
-  return result
+  m = None
+  if mesh != "single":
+    kind = {"explicit": AxisType.Explicit, "auto": AxisType.Auto}[mesh]
+    m = jax.make_mesh((N_DEVICES,), ("data",), axis_types=(kind,), devices=cpus)
+  run_args = [jax.device_put(a, cpus[0]) for a in args]
+  if m is not None:  # the batch split by rows; parameters replicated
+    run_args[0] = jax.device_put(args[0], NamedSharding(m, P("data")))
+    run_args[1:] = [jax.device_put(a, NamedSharding(m, P())) for a in args[1:]]
+  compiled = jax.jit(values_and_jacobians(LOSS_SETS[loss_set], m)).lower(*run_args).compile()
+  return jax.tree.map(np.asarray, compiled(*run_args)), compiled.as_text()
 
 
-@pytest.mark.parametrize("mesh", ["explicit", "auto"])
-def test_sharded_losses_and_gradients_equal_single_device(runs, mesh):
-  (single_values, single_jac), _ = runs["single"]
-  (sharded_values, sharded_jac), _ = runs[mesh]
+# Default tier: the core set on the Auto mesh; the slow tier: the rest.
+CASES = [("core", "auto"),
+         pytest.param("core", "explicit", marks=pytest.mark.slow),
+         pytest.param("all", "auto", marks=pytest.mark.slow),
+         pytest.param("all", "explicit", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("loss_set, mesh", CASES)
+def test_sharded_losses_and_gradients_equal_single_device(loss_set, mesh):
+  (single_values, single_jac), _ = run(loss_set, "single")
+  (sharded_values, sharded_jac), _ = run(loss_set, mesh)
   assert np.all(single_values > 0)
   np.testing.assert_allclose(sharded_values, single_values, rtol=1e-5, atol=1e-5)
   for name, a, b in zip(["x", "beta", "proxies", "proxy parts"], sharded_jac, single_jac):
@@ -103,14 +130,14 @@ def _shapes(hlo: str, r1: int, r2: int) -> set[tuple[int, int]]:
   return {(int(q), int(k)) for q, k in re.findall(rf"f32\[(\d+),(\d+),{r1},{r2}\]", hlo)}
 
 
-@pytest.mark.parametrize("mesh", ["explicit", "auto"])
-def test_each_device_solves_an_eighth_of_the_matching_problems(runs, mesh):
+@pytest.mark.parametrize("loss_set, mesh", CASES)
+def test_each_device_solves_an_eighth_of_the_matching_problems(loss_set, mesh):
   """Tiles of part similarities (one r x r problem each) in the compiled programs.
 
   One device: the batch against itself (16 x 16), against its 2 picked partners (16 x 2)
   and against the 8 part proxies (16 x 8). Per device on the mesh: its 2 rows only.
   """
-  single, sharded = runs["single"][1], runs[mesh][1]
+  single, sharded = run(loss_set, "single")[1], run(loss_set, mesh)[1]
   rows = B // N_DEVICES
   assert {(B, B), (B, 2)} <= _shapes(single, R, R)
   assert (B, B // 2) in _shapes(single, R, R_PROXY)

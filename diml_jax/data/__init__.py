@@ -35,6 +35,7 @@ from diml_jax.data import inshop
 from diml_jax.data import openclipart
 from diml_jax.data import sop
 from diml_jax.data import synthetic
+from diml_jax.data.dataset import DataNotFoundError
 from diml_jax.data.dataset import Dataset
 from diml_jax.data.images import CorruptImageError
 from diml_jax.data.images import EFFICIENTNET_LITE
@@ -46,12 +47,11 @@ from diml_jax.data.pipeline import eval_iterator
 from diml_jax.data.pipeline import train_iterator
 
 __all__ = [
-    "BatchIterator", "CorruptImageError", "Dataset", "EFFICIENTNET_LITE", "IMAGENET", "NAMES",
+    "BatchIterator", "CorruptImageError", "DataNotFoundError", "Dataset", "EFFICIENTNET_LITE", "IMAGENET", "NAMES",
     "Normalization", "device_prefetch", "eval_iterator", "load", "train_iterator",
 ]
 
-_ARCHIVES = {"cub200": cub.load, "cars196": cars196.load, "sop": sop.load,
-             "inshop": inshop.load}
+_ARCHIVES = {"cub200": cub, "cars196": cars196, "sop": sop, "inshop": inshop}
 NAMES = (*_ARCHIVES, "openclipart", "synthetic")
 SOURCES = ("files", "tfds")
 
@@ -73,6 +73,10 @@ def load(name: str, split: str, root: epath.PathLike | None = None, *, source: s
 
   Returns:
     The split, with contiguous labels ``0 .. num_classes - 1`` and the archive's class ids.
+
+  Raises:
+    DataNotFoundError: ``root`` is missing or lacks the data set's layout; the message
+      shows the layout and where to get the data set.
   """
   if name not in NAMES:
     raise ValueError(f"name={name!r} is unknown: use one of {NAMES}.")
@@ -85,7 +89,7 @@ def load(name: str, split: str, root: epath.PathLike | None = None, *, source: s
     return synthetic.load(split, **kwargs)
   if name == "openclipart":
     return openclipart.load(None if root is None else str(root), split, **kwargs)
+  archive = _ARCHIVES[name]
   if root is None:
-    raise ValueError(f"{name} needs root=, the directory of its extracted archive "
-                     f"(see the module docstring of diml_jax.data.{name}).")
-  return _ARCHIVES[name](root, split, **kwargs)
+    raise DataNotFoundError(name, None, archive.EXPECTED, "", archive.SOURCE)
+  return archive.load(root, split, **kwargs)

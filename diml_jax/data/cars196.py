@@ -20,11 +20,14 @@ from diml_jax.data import dataset as dataset_lib
 
 NAME = "cars196"
 NUM_TRAIN_CLASSES = 98
-_EXPECTED = (
+# The layout under the root, and where to get it, for error messages.
+EXPECTED = (
     "official:  cars_annos.mat (MATLAB file with 'annotations' and 'class_names') "
     "and car_ims/*.jpg",
     "or DML folders:  images/<class name>/*.jpg",
 )
+SOURCE = ("car_ims.tgz and cars_annos.mat from the Stanford Cars page, "
+          "http://ai.stanford.edu/~jkrause/cars/car_dataset.html, or a mirror of those two files")
 
 
 def _load_mat(path: epath.Path) -> tuple[list[str], list[int], dict[int, str]]:
@@ -77,7 +80,8 @@ def load(root: epath.PathLike, split: str) -> dataset_lib.Dataset:
   elif (root / "images").is_dir():
     paths, class_ids, names = _list_folders(root / "images")
   else:
-    raise dataset_lib.layout_error(NAME, root, _EXPECTED, dataset_lib.describe_contents(root))
+    raise dataset_lib.DataNotFoundError(NAME, root, EXPECTED,
+                                      dataset_lib.describe_contents(root), SOURCE)
   keep = [(p, c) for p, c in zip(paths, class_ids)
           if (c <= NUM_TRAIN_CLASSES) == (split == "train")]
   return dataset_lib.from_class_ids(

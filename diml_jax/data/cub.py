@@ -18,12 +18,14 @@ from diml_jax.data import dataset as dataset_lib
 
 NAME = "cub200"
 NUM_TRAIN_CLASSES = 100
-_EXPECTED = (
+# The layout under the root, and where to get it, for error messages.
+EXPECTED = (
     "classes.txt            lines '<class_id> <NNN.Name>'",
     "images/NNN.Name/*.jpg  one folder per class",
     "optional: images.txt ('<image_id> <NNN.Name/file.jpg>') and "
     "image_class_labels.txt ('<image_id> <class_id>')",
 )
+SOURCE = "https://www.vision.caltech.edu/datasets/cub_200_2011/ (CUB_200_2011.tgz, 1.1 GB)"
 
 
 def _read_pairs(path: epath.Path) -> dict[int, str]:
@@ -41,7 +43,8 @@ def find_root(root: epath.PathLike) -> epath.Path:
   for candidate in (root, root / "CUB_200_2011"):
     if (candidate / "classes.txt").exists() and (candidate / "images").is_dir():
       return candidate
-  raise dataset_lib.layout_error(NAME, root, _EXPECTED, dataset_lib.describe_contents(root))
+  raise dataset_lib.DataNotFoundError(NAME, root, EXPECTED,
+                                      dataset_lib.describe_contents(root), SOURCE)
 
 
 def load(root: epath.PathLike, split: str) -> dataset_lib.Dataset:
@@ -72,7 +75,7 @@ def load(root: epath.PathLike, split: str) -> dataset_lib.Dataset:
                      if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
       items += [(f"{folder}/{f}", ids_by_folder[folder]) for f in files]
   if not items:
-    raise dataset_lib.layout_error(NAME, root, _EXPECTED, "no images")
+    raise dataset_lib.DataNotFoundError(NAME, root, EXPECTED, "no images", SOURCE)
   in_split = [(p, c) for p, c in items if (c <= NUM_TRAIN_CLASSES) == (split == "train")]
   return dataset_lib.from_class_ids(
       NAME, split,

@@ -169,13 +169,34 @@ def from_class_ids(
       **kwargs)
 
 
-def layout_error(name: str, root: epath.PathLike, expected: Sequence[str],
-                 found: str) -> Exception:
-  """One message for a missing root or a wrong layout: what was expected, where, what is there."""
-  lines = "\n".join(f"  {line}" for line in expected)
-  return FileNotFoundError(
-      f"{name}: {root} does not hold the expected layout.\nExpected under {root}:\n{lines}\n"
-      f"Found: {found}")
+class DataNotFoundError(FileNotFoundError):
+  """A data set is not where it was looked for: no root given, or one without its layout.
+
+  Attributes:
+    name: the data set, e.g. ``"sop"``.
+    root: where it was looked for; None when no place was given.
+    expected: the layout expected under ``root``, one line per entry.
+    found: what ``root`` holds instead (:func:`describe_contents`).
+    source: where to get the data set.
+  """
+
+  def __init__(self, name: str, root: epath.PathLike | None, expected: Sequence[str],
+               found: str, source: str):
+    self.name, self.root, self.found, self.source = name, root, found, source
+    self.expected = tuple(expected)
+    super().__init__(self.message("root"))
+
+  def message(self, argument: str) -> str:
+    """The error, naming the place by ``argument``: ``"root"`` in Python, a flag on the
+    command line (``"--config.data.root"``)."""
+    layout = "\n".join(f"  {line}" for line in self.expected)
+    if self.root is None:
+      head = (f"{self.name} needs {argument}=DIR, the directory of its extracted archive.\n"
+              f"Expected under DIR:\n{layout}")
+    else:
+      head = (f"{argument}={self.root} does not hold the {self.name} data set.\n"
+              f"Expected under {self.root}:\n{layout}\nFound: {self.found}")
+    return f"{head}\nGet it: {self.source}"
 
 
 def describe_contents(root: epath.Path, limit: int = 10) -> str:

@@ -11,12 +11,17 @@ eval: resize the shorter side to 256, centre crop 224.
 """
 import io
 import math
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
 _WHITE = (255, 255, 255)
+# Images above this many pixels are refused (PIL's own bound against decompression bombs,
+# 89.5 MP, e.g. 9,459 x 9,459): decoding one would take seconds and gigabytes, and the
+# largest photos of the benchmarks have a few megapixels.
+MAX_PIXELS = 89_478_485
 
 
 class CorruptImageError(ValueError):
@@ -63,11 +68,24 @@ def normalize(images: np.ndarray, normalization: Normalization) -> np.ndarray:
 
 
 def open_image(data: bytes) -> Image.Image:
-  """Opens encoded image bytes lazily (header only); raises :class:`CorruptImageError`."""
+  """Opens encoded image bytes lazily (header only); raises :class:`CorruptImageError`,
+  also for an image of more than :data:`MAX_PIXELS` pixels."""
   try:
-    return Image.open(io.BytesIO(data))
-  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    with warnings.catch_warnings():
+      # PIL warns above its bound (and raises above twice it); such images are refused
+      # below with one error each instead.
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      image = Image.open(io.BytesIO(data))
+  except Image.DecompressionBombError as e:
+    raise CorruptImageError(f"more than {MAX_PIXELS:,} pixels, refused: {e}") from e
+  except (OSError, SyntaxError, ValueError) as e:
     raise CorruptImageError(f"cannot identify image: {e}") from e
+  width, height = image.size
+  if width * height > MAX_PIXELS:
+    raise CorruptImageError(
+        f"{width} x {height} pixels is more than {MAX_PIXELS:,}, refused (a decompression "
+        f"bomb, or a poster to shrink first)")
+  return image
 
 
 def decode(image: Image.Image) -> Image.Image:

@@ -40,11 +40,14 @@ SPLITS = ("train", "test", "query", "gallery")
 _LIST = "list_eval_partition.txt"
 _HEADER = ["image_name", "item_id", "evaluation_status"]
 _STATUSES = ("train", "query", "gallery")
-_EXPECTED = (
+# The layout under the root, and where to get it, for error messages.
+EXPECTED = (
     f"Eval/{_LIST} (or {_LIST}): the image count, the header line "
     f"'{' '.join(_HEADER)}', then one line per image",
     "img/<gender>/<category>/id_NNNNNNNN/*.jpg (or Img/img/...)  the images",
 )
+SOURCE = ("https://mmlab.ie.cuhk.edu.hk/projects/DeepFashion/InShopRetrieval.html "
+          "(the In-shop Clothes Retrieval Benchmark: img.zip and Eval/list_eval_partition.txt)")
 
 
 def find_list(root: epath.Path) -> epath.Path:
@@ -52,7 +55,8 @@ def find_list(root: epath.Path) -> epath.Path:
   for folder in (root / "Eval", root):
     if (folder / _LIST).exists():
       return folder / _LIST
-  raise dataset_lib.layout_error(NAME, root, _EXPECTED, dataset_lib.describe_contents(root))
+  raise dataset_lib.DataNotFoundError(NAME, root, EXPECTED,
+                                      dataset_lib.describe_contents(root), SOURCE)
 
 
 def read_list(path: epath.Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -109,7 +113,8 @@ def load(root: epath.PathLike, split: str) -> dataset_lib.Dataset:
   paths, class_ids, status = read_list(find_list(root))
   images = next((folder for folder in (root, root / "Img") if (folder / "img").is_dir()), None)
   if images is None:
-    raise dataset_lib.layout_error(NAME, root, _EXPECTED, dataset_lib.describe_contents(root))
+    raise dataset_lib.DataNotFoundError(NAME, root, EXPECTED,
+                                      dataset_lib.describe_contents(root), SOURCE)
   if split == "train":
     keep = np.flatnonzero(status == "train")
   else:

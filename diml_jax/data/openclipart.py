@@ -22,10 +22,16 @@ import hashlib
 import os
 import struct
 
+from etils import epath
+
 from diml_jax.data import dataset as dataset_lib
 
 NAME = "openclipart"
 DEFAULT_ROOT = "/usr/share/openclipart/png"
+# The layout under the root, and where to get it, for error messages.
+EXPECTED = ("<category>/[<sub category>/]*.png  the layout of Debian's openclipart-png",)
+SOURCE = ("sudo apt-get install openclipart-png (then root is /usr/share/openclipart/png), "
+          "or use the 'synthetic' data set")
 MIN_IMAGES = 20
 MAX_PIXELS = 4_000_000
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -78,20 +84,17 @@ def categories(root: str = DEFAULT_ROOT, min_images: int = MIN_IMAGES,
                max_pixels: int = MAX_PIXELS) -> dict[str, list[str]]:
   """The kept categories, sorted by name, each with its sorted list of distinct image paths."""
   if not os.path.isdir(root):
-    raise FileNotFoundError(
-        f"{NAME}: {root} does not exist. The demo set is Debian's clip-art package: "
-        "run `sudo apt-get install openclipart-png` (or pass root= where its png/ folder is), "
-        "or use the 'synthetic' data set instead.")
+    raise dataset_lib.DataNotFoundError(NAME, root, EXPECTED,
+                                        dataset_lib.describe_contents(epath.Path(root)), SOURCE)
   by_category = collections.defaultdict(list)
   for path, category in distinct_images(root).items():
     if _png_pixels(path) <= max_pixels:
       by_category[category].append(path)
   kept = {c: sorted(p) for c, p in sorted(by_category.items()) if len(p) >= min_images}
   if len(kept) < 2:
-    raise FileNotFoundError(
-        f"{NAME}: {root} has {len(kept)} folders with >= {min_images} distinct PNGs; "
-        "expected the layout of `apt-get install openclipart-png`: "
-        "<root>/<category>/[<sub category>/]*.png.")
+    raise dataset_lib.DataNotFoundError(
+        NAME, root, EXPECTED, f"{len(kept)} folders with >= {min_images} distinct PNGs",
+        SOURCE)
   return kept
 
 

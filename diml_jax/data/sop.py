@@ -15,11 +15,13 @@ from etils import epath
 from diml_jax.data import dataset as dataset_lib
 
 NAME = "sop"
-_EXPECTED = (
+# The layout under the root, and where to get it, for error messages.
+EXPECTED = (
     "Ebay_train.txt and Ebay_test.txt (or Info_Files/Ebay_*.txt), lines "
     "'image_id class_id super_class_id path'",
     "<super class>_final/*.JPG  the images, paths relative to the root",
 )
+SOURCE = "https://cvgl.stanford.edu/projects/lifted_struct/ (Stanford_Online_Products.zip, 2.9 GB)"
 _HEADER = ["image_id", "class_id", "super_class_id", "path"]
 
 
@@ -42,7 +44,8 @@ def find_list(root: epath.Path, split: str) -> epath.Path:
   for folder in (root, root / "Info_Files"):
     if (folder / f"Ebay_{split}.txt").exists():
       return folder / f"Ebay_{split}.txt"
-  raise dataset_lib.layout_error(NAME, root, _EXPECTED, dataset_lib.describe_contents(root))
+  raise dataset_lib.DataNotFoundError(NAME, root, EXPECTED,
+                                      dataset_lib.describe_contents(root), SOURCE)
 
 
 def load(root: epath.PathLike, split: str) -> dataset_lib.Dataset:

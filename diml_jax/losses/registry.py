@@ -39,6 +39,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from diml_jax import miners
+from diml_jax.errors import UsageError
 from diml_jax.losses import (angular, arcface, contrastive, histogram, lifted, margin,
                              multi_similarity, npair, proxy_anchor, proxy_nca, quadruplet,
                              quantities, snr, softmax, softtriple, triplet)
@@ -331,18 +332,18 @@ def learning_rates(config: ml_collections.ConfigDict) -> dict[str, LearningRate]
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-  """``ValueError`` naming the key if ``config.loss`` names no loss, a miner the loss does
+  """:class:`~diml_jax.errors.UsageError` naming the key if ``config.loss`` names no loss, a miner the loss does
   not take, or DIML for a loss that cannot train on it."""
   c = config.loss
   if c.name not in LOSSES:
-    raise ValueError(f"config.loss.name={c.name!r} is not one of {tuple(LOSSES)}.")
+    raise UsageError(f"--config.loss.name={c.name!r} is not one of {tuple(LOSSES)}.")
   entry = LOSSES[c.name]
   if entry.miners and c.miner not in entry.miners:
-    raise ValueError(f"config.loss.miner={c.miner!r} is not one of {entry.miners}, the "
+    raise UsageError(f"--config.loss.miner={c.miner!r} is not one of {entry.miners}, the "
                      f"miners of the {c.name!r} loss.")
   if c.diml and entry.no_diml:
-    raise ValueError(
-        f"config.loss.diml=True: the {c.name!r} loss {entry.no_diml}. Train it with "
+    raise UsageError(
+        f"--config.loss.diml=True: the {c.name!r} loss {entry.no_diml}. Train it with "
         f"--config.loss.diml=False and evaluate with structural re-ranking (test-time "
         f"DIML); losses that train on DIML's quantity: "
         f"{tuple(n for n, e in LOSSES.items() if not e.no_diml)}.")

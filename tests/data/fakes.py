@@ -1,5 +1,7 @@
 """Tiny encoded images for the miniature archives of the tests."""
 import io
+import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -24,3 +26,13 @@ def class_images(rng: np.random.Generator, class_position: int) -> list[bytes]:
     blobs[2] = jpeg(rng, "CMYK")
     blobs[3] = jpeg(rng)[:200]  # truncated: header intact, pixel data cut
   return blobs
+
+
+def png_header(width: int, height: int) -> bytes:
+  """A PNG claiming ``width x height``: signature, IHDR and an empty IDAT, what PIL reads
+  to open an image (never enough to decode it)."""
+  def chunk(kind: bytes, payload: bytes) -> bytes:
+    return (struct.pack(">I", len(payload)) + kind + payload
+            + struct.pack(">I", zlib.crc32(kind + payload)))
+  ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+  return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"")

@@ -44,7 +44,7 @@ def test_cub_wrong_root_lists_the_layout(tmp_path):
     data.load("cub200", "train", tmp_path / "nowhere")
   message = str(error.value)
   assert "classes.txt" in message and "images/NNN.Name/*.jpg" in message
-  assert "does not exist" in message
+  assert "does not exist" in message and "Get it: https://www.vision.caltech.edu" in message
 
 
 def test_cars_official_mat(cars_official_root):
@@ -109,8 +109,9 @@ def test_load_arguments(cub_root):
     data.load("cub200", "val", cub_root)
   with pytest.raises(ValueError, match="name='imagenet'"):
     data.load("imagenet", "train", cub_root)
-  with pytest.raises(ValueError, match="needs root="):
+  with pytest.raises(data.DataNotFoundError, match="needs root=DIR") as error:
     data.load("sop", "train")
+  assert "Ebay_train.txt" in str(error.value) and "Get it: https://" in str(error.value)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is not None,

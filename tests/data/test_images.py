@@ -1,5 +1,6 @@
 """Decoding, colour modes, the crop recipes and normalisation of one image."""
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -197,3 +198,12 @@ def test_letterboxed_corrupt_image_raises_even_if_the_crop_is_padding():
     with pytest.raises(images.CorruptImageError):
       images.train_image(truncated, np.random.default_rng(seed), image_size=8,
                          letterbox_to_square=True)
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000])  # PIL warns above 89.5 MP, raises above 179
+def test_an_image_above_max_pixels_is_refused_with_one_error_and_no_warning(side):
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    with pytest.raises(images.CorruptImageError, match=r"more than 89,478,485"):
+      images.eval_image(fakes.png_header(side, side), image_size=8)
+  assert images.open_image(fakes.png_header(9_000, 9_000)).size == (9_000, 9_000)

@@ -2,8 +2,6 @@
 import hashlib
 import io
 import os
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ from PIL import Image
 
 from diml_jax import data
 from diml_jax.data import openclipart
+from tests.data import fakes
 
 
 def _png(seed: int, size=(12, 8)) -> bytes:
@@ -18,13 +17,6 @@ def _png(seed: int, size=(12, 8)) -> bytes:
   buffer = io.BytesIO()
   Image.fromarray(pixels, "RGBA").save(buffer, "PNG")
   return buffer.getvalue()
-
-
-def _huge_png_header(width: int, height: int) -> bytes:
-  """A PNG signature and IHDR claiming ``width x height`` (never decoded by the loader)."""
-  ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
-  chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
-  return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
 
 
 @pytest.fixture
@@ -40,7 +32,7 @@ def clipart_root(tmp_path):
   original = (root / "b" / "c" / "img_00.png").read_bytes()
   (root / "b" / "c" / "zz_copy_of_00.png").write_bytes(original)
   os.symlink(root / "a" / "img_00.png", root / "b" / "c" / "link_to_a.png")
-  (root / "d" / "poster.png").write_bytes(_huge_png_header(5000, 5000))
+  (root / "d" / "poster.png").write_bytes(fakes.png_header(5000, 5000))
   return root
 
 
