@@ -97,6 +97,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"config.model.rollout_blocks={model.rollout_blocks} applies to ViT backbones "
         f"{VITS} only, not {model.backbone!r}: set --config.model.rollout_blocks=0.")
+  if model.freeze_backbone:  # training runs on cached feature maps (feature_cache)
+    if not (vit or model.frozen_bn):
+      raise ValueError(
+          "config.model.freeze_backbone=True trains the head on feature maps embedded once "
+          "by the backbone in inference mode, but config.model.frozen_bn=False would "
+          "normalise each training batch by its own statistics: set "
+          "--config.model.frozen_bn=True or --config.model.freeze_backbone=False.")
+    if loss.marginals == "rollout":
+      raise ValueError(
+          "config.model.freeze_backbone=True trains on cached feature maps, which do not "
+          "keep a ViT's attention rollout (config.loss.marginals='rollout'): set "
+          "--config.loss.marginals=cross or --config.model.freeze_backbone=False.")
   _one_of("model.head", model.head, HEADS)
   _one_of("loss.name", loss.name, LOSSES)
   if loss.diml and loss.name not in DIML_LOSSES:
