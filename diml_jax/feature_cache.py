@@ -34,6 +34,7 @@ of training through the frozen backbone on the same (unaugmented) batches (teste
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -164,13 +165,7 @@ def _embed_into(config, model, variables, dataset, mesh, path: pathlib.Path) -> 
   path.parent.mkdir(parents=True, exist_ok=True)
   temporary = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".partial"))
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-
-  def backbone_outputs(v, images):
-    _, aux = model.apply(v, images, train=False)
-    return aux["pooled"], aux["feature_map"]
-
-  apply = jax.jit(backbone_outputs, in_shardings=(NamedSharding(mesh, P()), batch_sharding),
-                  out_shardings=batch_sharding)
+  apply = _backbone_outputs(model, mesh)
   batches = data.eval_iterator(
       dataset, batch_size=config.eval.batch_size, image_size=config.data.image_size,
       resize_size=config.data.resize_size, normalization=experiment.normalization(model),
@@ -214,6 +209,33 @@ def _embed_into(config, model, variables, dataset, mesh, path: pathlib.Path) -> 
   finally:
     bar.close()
     shutil.rmtree(temporary, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=4)  # one compilation for both splits
+def _backbone_outputs(model, mesh: Mesh):
+  """Jitted ``(variables, images [b, s, s, 3]) -> (pooled [b, c], feature_map [b, h, w, c])``
+  in inference mode."""
+  def outputs(variables, images):
+    _, aux = model.apply(variables, images, train=False)
+    return aux["pooled"], aux["feature_map"]
+
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  return jax.jit(outputs, in_shardings=(NamedSharding(mesh, P()), batch_sharding),
+                 out_shardings=batch_sharding)
+
+
+@functools.lru_cache(maxsize=4)  # one compilation for every evaluation of a run
+def _head_outputs(model, mesh: Mesh):
+  """Jitted ``(variables, pooled, feature_map) -> global`` (DGML) or ``(global, local)``."""
+  grouping = isinstance(model, models.GroupingModel)
+
+  def outputs(variables, pooled, feature_map):
+    global_, aux = model.apply(variables, pooled, feature_map, method="embed_features")
+    return global_ if grouping else (global_, aux["local"])
+
+  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+  return jax.jit(outputs, in_shardings=(NamedSharding(mesh, P()), batch_sharding,
+                                        batch_sharding), out_shardings=batch_sharding)
 
 
 def _global(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -274,14 +296,7 @@ def embeddings(model, variables: dict, features: FeatureMaps, mesh: Mesh, *,
     global ``[n, d]`` and local ``[n, g * g, d]`` (None for DGML's grouping head).
   """
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-  grouping = isinstance(model, models.GroupingModel)
-
-  def head(v, pooled, feature_map):
-    global_, aux = model.apply(v, pooled, feature_map, method="embed_features")
-    return global_ if grouping else (global_, aux["local"])
-
-  apply = jax.jit(head, in_shardings=(NamedSharding(mesh, P()), batch_sharding,
-                                      batch_sharding), out_shardings=batch_sharding)
+  apply = _head_outputs(model, mesh)
   rows = np.flatnonzero(features.kept)
   host = sampler.host_rows(batch_size, jax.process_index(), jax.process_count())
   outputs = []
@@ -292,5 +307,5 @@ def embeddings(model, variables: dict, features: FeatureMaps, mesh: Mesh, *,
                 _global(features.feature_map[chosen], batch_sharding))
     outputs.append(multihost_utils.process_allgather(out, tiled=True))
   outputs = jax.tree.map(lambda *parts: np.concatenate(parts)[:len(rows)], *outputs)
-  global_, local = (outputs, None) if grouping else outputs
+  global_, local = (outputs, None) if isinstance(model, models.GroupingModel) else outputs
   return evaluation.Embeddings(global_, local, features.labels[rows])
