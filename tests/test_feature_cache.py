@@ -6,10 +6,11 @@ import os
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from diml_jax import data, eval_lib, experiment, feature_cache, train_lib
+from diml_jax import data, eval_lib, experiment, feature_cache, models, train_lib
 from diml_jax.data import dataset as dataset_lib
 from diml_jax.data import sampler
 from diml_jax.experiment import TrainState
@@ -139,21 +140,51 @@ def test_batches_are_functions_of_seed_and_step(tmp_path):
   assert len(set(labels[::2])) == 8 and np.array_equal(labels[::2], labels[1::2])
 
 
-def test_a_frozen_run_trains_on_cached_maps_and_a_second_reuses_them(tmp_path, monkeypatch):
+def frozen_run_config(**overrides):
+  return frozen_config(**{"num_epochs": 1, "steps_per_epoch": 3, "checkpoint_every_steps": 3,
+                          "eval.ks": (0, 5), **overrides})
+
+
+def test_a_frozen_run_trains_on_cached_maps(tmp_path, monkeypatch):
   monkeypatch.setenv("DIML_JAX_CACHE", str(tmp_path / "cache"))
-  config = frozen_config(**{"num_epochs": 1, "steps_per_epoch": 3, "checkpoint_every_steps": 3,
-                            "eval.ks": (0, 5)})
-  results = train_lib.train_and_evaluate(config, str(tmp_path / "a"))
+  results = train_lib.train_and_evaluate(frozen_run_config(), str(tmp_path / "run"))
   assert results["metrics"]["5"]["recall@1"] > 0
   cached = sorted(os.listdir(tmp_path / "cache" / "features"))
-  assert [name.split("-")[1] for name in cached] == ["test", "train"]
-  stamps = [os.stat(tmp_path / "cache" / "features" / n / "feature_map.npy").st_mtime_ns
-            for n in cached]
-  again = train_lib.train_and_evaluate(config, str(tmp_path / "b"))
-  assert sorted(os.listdir(tmp_path / "cache" / "features")) == cached
-  assert stamps == [os.stat(tmp_path / "cache" / "features" / n / "feature_map.npy").st_mtime_ns
-                    for n in cached]
-  assert again["metrics"] == results["metrics"]
+  assert [name.split("-")[:2] for name in cached] == [["synthetic", "test"],
+                                                       ["synthetic", "train"]]
+
+
+@pytest.mark.slow
+def test_a_second_frozen_run_reuses_the_cached_maps(tmp_path, monkeypatch):
+  monkeypatch.setenv("DIML_JAX_CACHE", str(tmp_path / "cache"))
+  config = frozen_run_config()
+  first = train_lib.train_and_evaluate(config, str(tmp_path / "a"))
+  features = tmp_path / "cache" / "features"
+  stamps = {n: os.stat(features / n / "feature_map.npy").st_mtime_ns
+            for n in os.listdir(features)}
+  second = train_lib.train_and_evaluate(config, str(tmp_path / "b"))
+  assert {n: os.stat(features / n / "feature_map.npy").st_mtime_ns
+          for n in os.listdir(features)} == stamps
+  assert second["metrics"] == first["metrics"]
+
+
+@pytest.mark.slow
+def test_a_resumed_frozen_run_ends_with_the_same_parameters(tmp_path, monkeypatch):
+  """Stopped after its first epoch and restarted, a run on cached maps continues with the
+  batches it would have seen (kill -9 at any point restarts from a checkpoint the same way:
+  tests/test_train.py)."""
+  monkeypatch.setenv("DIML_JAX_CACHE", str(tmp_path / "cache"))
+  two_epochs = frozen_run_config(**{"num_epochs": 2, "eval.every_epochs": 0})
+  train_lib.train_and_evaluate(two_epochs, str(tmp_path / "straight"))
+  train_lib.train_and_evaluate(frozen_run_config(**{"eval.every_epochs": 0}),
+                               str(tmp_path / "resumed"))
+  train_lib.train_and_evaluate(two_epochs, str(tmp_path / "resumed"))
+  straight, resumed = (ocp.CheckpointManager(tmp_path / name / "checkpoints")
+                       for name in ("straight", "resumed"))
+  assert straight.latest_step() == resumed.latest_step() == 6
+  jax.tree.map(np.testing.assert_array_equal,
+               straight.restore(6, args=ocp.args.StandardRestore())["params"],
+               resumed.restore(6, args=ocp.args.StandardRestore())["params"])
 
 
 def test_frozen_backbone_config_errors():
@@ -162,3 +193,17 @@ def test_frozen_backbone_config_errors():
   with pytest.raises(ValueError, match="marginals='rollout'"):
     experiment.check_config(frozen_config(**{
         "model.backbone": "vit_tiny", "model.rollout_blocks": 1, "loss.marginals": "rollout"}))
+
+
+@pytest.mark.slow
+def test_pretrained_init_equals_a_whole_model_init_with_the_backbone_replaced():
+  """init_variables initialises only the head when the backbone's weights are loaded."""
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  config = demo.get_config()
+  model = experiment.build_model(config)
+  params, batch_stats = experiment.init_variables(config, model, 38)
+  key = jax.random.split(jax.random.key(config.seed))[0]
+  whole = jax.jit(model.init)(key, np.zeros((1, 160, 160, 3), np.float32))
+  expected = models.replace_backbone(whole, experiment.pretrained_backbone(config, model.backbone))
+  jax.tree.map(np.testing.assert_array_equal, params["model"], expected["params"])
+  jax.tree.map(np.testing.assert_array_equal, batch_stats, expected["batch_stats"])
