@@ -202,6 +202,9 @@ class _Log:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates; resumes from ``workdir``'s latest checkpoint if there is one.
 
+  With ``model.freeze_backbone`` the head trains on the backbone's feature maps, embedded
+  once and cached on disk, without augmentation (:mod:`diml_jax.feature_cache`).
+
   Args:
     config: see ``configs/common.py``.
     workdir: checkpoints (``checkpoints/``, ``best/``), logs (``metrics.jsonl``,
