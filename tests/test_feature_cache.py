@@ -121,6 +121,20 @@ def test_cache_is_reused_and_invalidated_by_its_key(tmp_path):
   np.testing.assert_array_equal(from_maps.labels, from_images.labels)
 
 
+def test_dgml_head_on_cached_maps_equals_it_on_the_images(tmp_path):
+  config = frozen_config(**{"model.head": "grouping", "model.embed_dim": 48,
+                            "loss.diml": False, "eval.ks": (0,)})
+  mesh = single_axis_mesh(1)
+  test_set, model, params, batch_stats = setup(config, "test")
+  variables = {"params": params["model"], "batch_stats": batch_stats}
+  maps = feature_cache.load_or_embed(config, model, variables, test_set, mesh,
+                                     directory=tmp_path)
+  from_maps = feature_cache.embeddings(model, variables, maps, mesh, batch_size=16)
+  from_images = eval_lib.embed(config, model, variables, test_set, mesh)
+  assert from_maps.local is None and from_maps.global_.shape == (len(test_set), 48)
+  np.testing.assert_allclose(from_maps.global_, from_images.global_, rtol=1e-5, atol=1e-6)
+
+
 def test_batches_are_functions_of_seed_and_step(tmp_path):
   config = frozen_config()
   train_set, model, params, batch_stats = setup(config)
