@@ -4,8 +4,9 @@ same network in PyTorch, measured in the same run with the same weights.
   python benchmarks/backbone.py            # a table
   python benchmarks/backbone.py --json     # ... and one JSON object as the last line
 
-Networks: ResNet-50 (random weights with random batch-norm statistics) and EfficientNet-Lite0
-(its real ImageNet weights), both in inference mode with their ImageNet classifier. The
+Networks: ResNet-50 and BN-Inception (random weights with random batch-norm statistics) and
+EfficientNet-Lite0 (its real ImageNet weights), all in inference mode with their ImageNet
+classifier. The
 PyTorch networks are the independent references of the parity tests
 (``tests/models/torch_reference.py``), loaded with the very state dict our model is converted
 from. Ours and PyTorch alternate call by call after warm-up and each reports its median call,
@@ -31,9 +32,10 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from diml_jax.models import (LITE0_STAGES, EfficientNetLite0, ResNet50, backbone_variables,
-                             lite0_weights_path, load_state_dict)
-from tests.models.torch_reference import (TorchBottleneck, TorchEfficientNetLite, TorchResNet,
+from diml_jax.models import (LITE0_STAGES, BNInception, EfficientNetLite0, ResNet50,
+                             backbone_variables, lite0_weights_path, load_state_dict)
+from tests.models.torch_reference import (TorchBNInception, TorchBottleneck,
+                                          TorchEfficientNetLite, TorchResNet,
                                           randomize_batch_norm)
 
 
@@ -69,7 +71,9 @@ def _networks():
   lite = TorchEfficientNetLite(LITE0_STAGES).eval()
   lite.load_state_dict({k: torch.from_numpy(v) for k, v in
                         load_state_dict(lite0_weights_path()).items()})
-  return [("resnet50", ResNet50, resnet), ("lite0", EfficientNetLite0, lite)]
+  bninception = randomize_batch_norm(TorchBNInception()).eval()
+  return [("resnet50", ResNet50, resnet), ("lite0", EfficientNetLite0, lite),
+          ("bninception", BNInception, bninception)]
 
 
 def main() -> None:

@@ -108,8 +108,8 @@ def evaluate(
      global order (:func:`retrieval.multiscale_order`); Recall@k, R-Precision, MAP@R
      (:func:`metrics.retrieval_metrics`). ``K = 0`` is the global ranking; a ``K``
      beyond the gallery (``n - 1``) re-ranks the whole list.
-  4. NMI of k-means (k = number of classes, k-means++ seeded from ``seed``) on the
-     L2-normalised global vectors.
+  4. NMI and pair-counting F1 of k-means (k = number of classes, k-means++ seeded from
+     ``seed``) on the L2-normalised global vectors.
 
   Metric conventions (README, Evaluation): the query is never in its own list; by
   default ``R`` = class size - 1 and single-image classes are left out of the retrieval
@@ -127,7 +127,7 @@ def evaluate(
     mass: ``p`` of partial similarity in re-ranking (1: ordinary matching); the
       structural term is then the mean over the matched parts
       (:func:`diml_jax.matching.pairwise`).
-    with_nmi: compute NMI (k-means is the slowest step on a CPU for many classes).
+    with_nmi: compute NMI and F1 (k-means is the slowest step on a CPU for many classes).
     kmeans_iterations: Lloyd iterations of k-means.
     seed: seed of the k-means++ seeding.
     chunk_per_device: queries per device and step of the global ranking (default
@@ -141,7 +141,7 @@ def evaluate(
   Returns:
     A JSON-ready dict: ``"metrics"`` maps each ``K`` (as a string) to
     ``{"recall@1": ..., "r_precision": ..., "map@r": ..., "queries": ...}`` (fractions in
-    [0, 1]); ``"nmi"`` (or ``None``); ``"items"``, ``"classes"``, ``"seconds"`` per
+    [0, 1]); ``"nmi"`` and ``"f1"`` (or ``None``); ``"items"``, ``"classes"``, ``"seconds"`` per
     stage, and ``"settings"``.
   """
   g, x, labels, weights = _check(embeddings)
@@ -194,7 +194,7 @@ def evaluate(
     )
   seconds["metrics"] = time.perf_counter() - t
 
-  nmi = None
+  nmi = f1 = None
   if with_nmi:
     t = time.perf_counter()
     unit = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
@@ -202,11 +202,13 @@ def evaluate(
         unit, classes, key=jax.random.key(seed), iterations=kmeans_iterations
     )
     nmi = metrics.nmi(labels, np.asarray(clusters.assignments))
+    f1 = metrics.f1(labels, np.asarray(clusters.assignments))
     seconds["nmi"] = time.perf_counter() - t
 
   return {
       "metrics": results,
       "nmi": nmi,
+      "f1": f1,
       "items": n,
       "classes": classes,
       "seconds": seconds,
@@ -233,7 +235,7 @@ def format_table(results: dict[str, Any]) -> str:
   tail = [f"queries {next(iter(results['metrics'].values()))['queries']} of "
           f"{results['items']} items, {results['classes']} classes"]
   if results["nmi"] is not None:
-    tail.append(f"NMI {100 * results['nmi']:.2f}")
+    tail.append(f"NMI {100 * results['nmi']:.2f}, F1 {100 * results['f1']:.2f}")
   return "\n".join(lines + ["; ".join(tail)])
 
 
@@ -255,9 +257,10 @@ def write_results(results: dict[str, Any], workdir: str) -> tuple[str, str]:
   cols = _columns(results)
   with open(csv_path, "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["K", *cols, "nmi"])
+    w.writerow(["K", *cols, "nmi", "f1"])
+    clustering = ["" if results[c] is None else results[c] for c in ("nmi", "f1")]
     for k, row in results["metrics"].items():
-      w.writerow([k, *(row[c] for c in cols), "" if results["nmi"] is None else results["nmi"]])
+      w.writerow([k, *(row[c] for c in cols), *clustering])
   return json_path, csv_path
 
 

@@ -30,6 +30,7 @@ BACKBONES = {
     "resnet_tiny": models.ResNetTiny,
     "efficientnet_lite0": models.EfficientNetLite0,
     "efficientnet_lite_tiny": models.EfficientNetLiteTiny,
+    "bninception": models.BNInception,
     "vit_s16": models.ViTS16,
     "vit_b16": models.ViTB16,
     "vit_tiny": models.ViTTiny,
@@ -38,9 +39,9 @@ BACKBONES = {
 VITS = ("vit_s16", "vit_b16", "vit_tiny")
 # Backbones whose ImageNet weights imagenet_variables() can provide; any backbone loads
 # a weight file given as config.model.weights (timm/DeiT state dicts for the ViTs).
-PRETRAINED = ("resnet50", "efficientnet_lite0")
+PRETRAINED = ("resnet50", "efficientnet_lite0", "bninception")
 # Classifier keys of weight files, left out (the models have no classifier).
-_CLASSIFIERS = {"vit": ("head.",), "cnn": ("fc.", "_fc.")}
+_CLASSIFIERS = {"vit": ("head.",), "cnn": ("fc.", "_fc.", "last_linear.")}
 HEADS = ("embedding", "grouping")
 MARGINALS = ("cross", "uniform", "rollout")
 LOSSES = ("margin", "multisimilarity", "proxyanchor", "triplet", "contrastive")
@@ -93,7 +94,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(
           f"config.data.image_size={config.data.image_size} must be a multiple of 16, the "
           f"patch size of {model.backbone}.")
-  elif model.rollout_blocks:
+  elif model.backbone == "bninception" and config.data.image_size % 32:
+    raise ValueError(
+        f"config.data.image_size={config.data.image_size} must be a multiple of 32 for "
+        f"bninception, whose stride-2 blocks need even feature maps (224 is the usual).")
+  if not vit and model.rollout_blocks:
     raise ValueError(
         f"config.model.rollout_blocks={model.rollout_blocks} applies to ViT backbones "
         f"{VITS} only, not {model.backbone!r}: set --config.model.rollout_blocks=0.")
@@ -128,6 +133,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
         f"config.loss.partial_mass={mass!r} must be a number in (0, 1]: the fraction p of "
         f"each image's part weight that is matched (1 = ordinary matching).")
+  query_decay = config.optimizer.query_weight_decay
+  if query_decay is not None:
+    if model.head != "grouping":
+      raise ValueError(
+          f"config.optimizer.query_weight_decay={query_decay} is the weight decay of DGML's "
+          f"group queries (model.head='grouping'): set --config.model.head=grouping, or "
+          f"leave optimizer.query_weight_decay unset.")
+    if not query_decay >= 0:
+      raise ValueError(f"config.optimizer.query_weight_decay={query_decay} must be >= 0.")
   if not loss.diversity_weight >= 0:
     raise ValueError(f"config.loss.diversity_weight={loss.diversity_weight} must be >= 0.")
   if model.head == "grouping":
@@ -307,16 +321,21 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
                    steps_per_epoch: int) -> optax.GradientTransformation:
   """Adam with one learning rate per parameter group (backbone+head, beta, proxies).
 
-  The model's learning rate decays by ``decay_factor`` at each of ``decay_epochs``. Weight
+  Every learning rate (beta's and the proxies' too, as ``torch.optim.lr_scheduler.MultiStepLR``
+  in the published DIML and DGML code) is multiplied by ``decay_factor`` at each of
+  ``decay_epochs``. Weight
   decay is added to the gradients before Adam, as ``torch.optim.Adam(weight_decay=...)``
   in the published code, or decoupled (AdamW). The margin loss's ``beta`` has its own
   learning rate and no weight decay; ProxyAnchor's proxies train ``lr_multiplier`` times
-  faster. A frozen backbone gets no updates at all (not even weight decay).
+  faster. A frozen backbone gets no updates at all (not even weight decay). DGML's group
+  queries take ``query_weight_decay`` when it is set (the reference DGML code's
+  ``que_decay``, ``outline.set_lr``), else ``weight_decay`` like the rest of the model.
   """
   opt = config.optimizer
-  lr = optax.piecewise_constant_schedule(
-      opt.lr, {int(e * steps_per_epoch): opt.decay_factor for e in opt.decay_epochs}
+  decay = optax.piecewise_constant_schedule(
+      1.0, {int(e * steps_per_epoch): opt.decay_factor for e in opt.decay_epochs}
   )
+  lr = lambda step: opt.lr * decay(step)
 
   def adam(learning_rate, weight_decay):
     if opt.decoupled_weight_decay:
@@ -326,7 +345,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
   transforms = {
       "model": adam(lr, opt.weight_decay),
       "frozen": optax.set_to_zero(),
-      "beta": optax.adam(config.loss.margin.beta_lr),
+      "beta": optax.adam(lambda step: config.loss.margin.beta_lr * decay(step)),
       "proxies": adam(
           lambda step: lr(step) * config.loss.proxyanchor.lr_multiplier, opt.weight_decay
       ),
@@ -339,6 +358,12 @@ def make_optimizer(config: ml_collections.ConfigDict, params: Any,
       },
       "loss": {name: name for name in params["loss"]},
   }
+  if opt.query_weight_decay is not None:
+    transforms["queries"] = adam(lr, opt.query_weight_decay)
+    labels["model"]["grouping"] = {
+        name: "queries" if name == "queries" else "model"
+        for name in params["model"]["grouping"]
+    }
   used = set(jax.tree.leaves(labels))
   return optax.multi_transform({k: v for k, v in transforms.items() if k in used}, labels)
 

@@ -12,6 +12,10 @@ own list) and ``R``, the number of items of the query's class in the gallery.
 - **NMI** of a clustering against the labels: ``2 I(Y; C) / (H(Y) + H(C))``, the
   arithmetic normalisation (scikit-learn's default), of :func:`kmeans` on the
   embeddings with as many clusters as classes.
+- **F1** of the same clustering by pair counting (Manning et al. 2008, Sec. 16.3; the
+  clustering score DGML reports next to NMI): over all pairs of items, precision is the
+  fraction of same-cluster pairs that share a class, recall the fraction of same-class
+  pairs that share a cluster, and F1 their harmonic mean.
 
 Conventions (see README, Evaluation): ``R`` is the class size minus one (the query is
 excluded from its own gallery), and queries with ``R = 0`` (single-image classes) are
@@ -23,6 +27,7 @@ retrieved, and averages over all queries; :func:`retrieval_metrics` reproduces i
 References:
   Musgrave, Belongie, Lim. A Metric Learning Reality Check. ECCV 2020.
   Arthur, Vassilvitskii. k-means++: The Advantages of Careful Seeding. SODA 2007.
+  Manning, Raghavan, Schütze. Introduction to Information Retrieval. 2008.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ __all__ = [
     "KMeans",
     "kmeans",
     "nmi",
+    "f1",
 ]
 
 
@@ -306,6 +312,15 @@ def _sq_distances(x, sq, c):
   return jnp.maximum(sq - 2.0 * (x @ c) + c @ c, 0.0)
 
 
+def _check_labelings(labels, clusters) -> tuple[np.ndarray, np.ndarray]:
+  labels, clusters = np.asarray(labels), np.asarray(clusters)
+  if labels.ndim != 1 or labels.shape != clusters.shape:
+    raise ValueError(
+        f"labels and clusters must both be [n]; got {labels.shape} and {clusters.shape}."
+    )
+  return labels, clusters
+
+
 def nmi(labels: np.ndarray, clusters: np.ndarray) -> float:
   """Normalised mutual information ``2 I(Y; C) / (H(Y) + H(C))`` of two labelings.
 
@@ -320,11 +335,7 @@ def nmi(labels: np.ndarray, clusters: np.ndarray) -> float:
   Returns:
     NMI in [0, 1].
   """
-  labels, clusters = np.asarray(labels), np.asarray(clusters)
-  if labels.ndim != 1 or labels.shape != clusters.shape:
-    raise ValueError(
-        f"labels and clusters must both be [n]; got {labels.shape} and {clusters.shape}."
-    )
+  labels, clusters = _check_labelings(labels, clusters)
   n = labels.size
   _, y = np.unique(labels, return_inverse=True)
   _, c = np.unique(clusters, return_inverse=True)
@@ -336,3 +347,35 @@ def nmi(labels: np.ndarray, clusters: np.ndarray) -> float:
   if hy + hc == 0.0:
     return 1.0
   return float(np.clip(2.0 * mi / (hy + hc), 0.0, 1.0))
+
+
+def f1(labels: np.ndarray, clusters: np.ndarray) -> float:
+  """Pair-counting F1 of a clustering against the labels.
+
+  With ``TP`` the pairs of items in the same class and the same cluster, precision is
+  ``TP / (pairs in the same cluster)`` and recall ``TP / (pairs in the same class)``;
+  ``F1 = 2 TP / (same-cluster pairs + same-class pairs)``, their harmonic mean. This is
+  the F1 of the published DGML code (``metrics/f1.py``, which names the two counts the
+  other way round; F1 is symmetric in them). Counts are exact integers. When no two items
+  share a class and none share a cluster the two partitions agree, and F1 is 1.
+
+  Args:
+    labels: ``[n]`` class labels.
+    clusters: ``[n]`` cluster assignments.
+
+  Returns:
+    F1 in [0, 1].
+  """
+  labels, clusters = _check_labelings(labels, clusters)
+  _, y = np.unique(labels, return_inverse=True)
+  _, c = np.unique(clusters, return_inverse=True)
+  _, joint = np.unique(np.stack([y, c]), axis=1, return_counts=True)
+
+  def pairs(counts):
+    counts = counts.astype(np.int64)
+    return int(np.sum(counts * (counts - 1) // 2))
+
+  same_both, same_class, same_cluster = pairs(joint), pairs(np.bincount(y)), pairs(np.bincount(c))
+  if same_class + same_cluster == 0:
+    return 1.0
+  return 2.0 * same_both / (same_class + same_cluster)

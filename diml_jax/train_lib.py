@@ -368,6 +368,7 @@ def _log_eval(results: dict, log: _Log, step: int, epoch: int) -> float:
         scalars[f"eval/{name}/{metric}"] = value
   if results["nmi"] is not None:
     scalars["eval/nmi"] = results["nmi"]
+    scalars["eval/f1"] = results["f1"]
   log.write(step, scalars)
   if jax.process_index() == 0:
     tqdm.tqdm.write(f"epoch {epoch}, step {step}\n{evaluation.format_table(results)}")

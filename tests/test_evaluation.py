@@ -110,7 +110,7 @@ def test_results_files_table_and_cache(tmp_path):
   for a, b in zip(emb, loaded):
     np.testing.assert_array_equal(a, b)
   res = evaluation.evaluate(loaded, ks=(0, 3), progress=False, kmeans_iterations=3)
-  assert 0.0 <= res["nmi"] <= 1.0
+  assert 0.0 <= res["nmi"] <= 1.0 and 0.0 <= res["f1"] <= 1.0
   json_path, csv_path = evaluation.write_results(res, str(tmp_path / "run"))
   with open(json_path) as f:
     assert json.load(f)["metrics"] == res["metrics"]
@@ -118,6 +118,8 @@ def test_results_files_table_and_cache(tmp_path):
     rows = list(csv.DictReader(f))
   assert [row["K"] for row in rows] == ["0", "3"]
   assert float(rows[1]["map@r"]) == pytest.approx(res["metrics"]["3"]["map@r"])
+  assert float(rows[0]["f1"]) == pytest.approx(res["f1"])
+  assert f"F1 {100 * res['f1']:.2f}" in evaluation.format_table(res)
   table = evaluation.format_table(res)
   assert f"{100 * res['metrics']['3']['recall@1']:.2f}" in table.splitlines()[2]
   assert "NMI" in table

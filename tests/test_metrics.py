@@ -43,6 +43,20 @@ def brute_nmi(a, b):
   return 1.0 if ha + hb == 0 else 2 * mi / (ha + hb)
 
 
+def brute_f1(labels, clusters):
+  """Precision and recall over every pair i < j, in float64."""
+  tp = same_cluster = same_class = 0.0
+  n = len(labels)
+  for i in range(n):
+    for j in range(i + 1, n):
+      a, b = labels[i] == labels[j], clusters[i] == clusters[j]
+      tp += a and b
+      same_class += a
+      same_cluster += b
+  precision, recall = tp / same_cluster, tp / same_class
+  return 2 * precision * recall / (precision + recall) if tp else 0.0
+
+
 # --- retrieval metrics ------------------------------------------------------------------
 def test_hand_computed_example():
   # Query 0: relevant items at ranks 2, 4, 5 and R = 3.
@@ -130,6 +144,34 @@ def test_nmi_matches_brute_force():
   for _ in range(5):
     a, b = rng.integers(0, 7, 200), rng.integers(0, 11, 200)
     assert metrics.nmi(a, b) == pytest.approx(brute_nmi(a, b), rel=1e-10)
+
+
+def test_f1_hand_computed():
+  # labels (0,0,1,1,1) vs clusters (0,0,0,1,1): same-class pairs 1 + 3 = 4, same-cluster
+  # pairs 3 + 1 = 4, both: (0,1) and (3,4) = 2; precision = recall = 1/2.
+  assert metrics.f1([0, 0, 1, 1, 1], [0, 0, 0, 1, 1]) == pytest.approx(0.5, rel=1e-12)
+  # Renaming changes nothing; identical partitions give 1, including all singletons.
+  assert metrics.f1([7, 7, 3, 3, 3], [9, 9, 9, 2, 2]) == pytest.approx(0.5, rel=1e-12)
+  assert metrics.f1([0, 0, 1, 1, 2], [4, 4, 3, 3, 0]) == 1.0
+  assert metrics.f1([0, 1, 2], [5, 6, 7]) == 1.0
+  # One cluster of everything: recall 1, precision = same-class / all pairs = 2 / 6.
+  assert metrics.f1([0, 0, 1, 1], [0, 0, 0, 0]) == pytest.approx(2 * (1 / 3) / (1 + 1 / 3))
+  # No pair shares both: F1 = 0.
+  assert metrics.f1([0, 1, 0, 1], [0, 0, 1, 1]) == 0.0
+  with pytest.raises(ValueError, match="labels and clusters must both be"):
+    metrics.f1([0, 1, 2], [0, 1])
+
+
+def test_f1_matches_loop_over_pairs():
+  rng = np.random.default_rng(5)
+  for classes, clusters, n in [(7, 11, 200), (30, 30, 150), (3, 2, 50)]:
+    a, b = rng.integers(0, classes, n), rng.integers(0, clusters, n)
+    assert metrics.f1(a, b) == pytest.approx(brute_f1(a, b), rel=1e-12)
+  # Close to the labels: high but not 1.
+  labels = np.repeat(np.arange(10), 8)
+  noisy = np.where(rng.random(80) < 0.1, rng.integers(0, 10, 80), labels)
+  assert metrics.f1(labels, noisy) == pytest.approx(brute_f1(labels, noisy), rel=1e-12)
+  assert 0.5 < metrics.f1(labels, noisy) < 1.0
 
 
 def test_kmeans_recovers_separated_clusters_and_assigns_nearest():

@@ -11,10 +11,11 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 
-from configs import cub_dgml, cub_vit_diml
+from configs import cars_dgml, cub_dgml, cub_vit_diml, inshop_dgml, sop_dgml
 from diml_jax import eval_lib, experiment, losses, models, partial, train_lib
 from diml_jax.models.head import grid_pool_matrix
 from tests.models.torch_reference import TorchViT
@@ -210,6 +211,10 @@ def test_vit_weights_file_is_loaded_from_the_config(tmp_path):
       "model.num_groups": 200}, r"num_groups=200 must be in 1..embed_dim"),
     ({"model.head": "grouping", "loss.diml": False, "eval.ks": (0,),
       "loss.diversity_weight": -1.0}, r"diversity_weight=-1.0 must be >= 0"),
+    ({"optimizer.query_weight_decay": 1e-3}, r"query_weight_decay=0.001 is the weight decay"
+     r" of DGML's group queries"),
+    ({"model.head": "grouping", "loss.diml": False, "eval.ks": (0,),
+      "optimizer.query_weight_decay": -1.0}, r"query_weight_decay=-1.0 must be >= 0"),
 ])
 def test_bad_values_of_the_new_keys_are_named(overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -228,6 +233,81 @@ def test_the_two_configs_pass_the_checks():
   experiment.check_config(dgml)
   assert (dgml.model.head, dgml.model.num_groups, dgml.loss.diversity_weight) == (
       "grouping", 3, 0.02)
+
+
+# The reference DGML code's configs/{cub200,cars196,online_products,in_shop}.yaml: n_epochs, tau,
+# ft_params_lr, decay, que_decay, loss_margin_beta_lr, lam_div.
+@pytest.mark.parametrize("module, data_name, recipe", [
+    (cub_dgml, "cub200", (100, (55,), 1e-5, 3e-3, 1e-3, 5e-5, 0.02)),
+    (cars_dgml, "cars196", (200, (100,), 1e-5, 2e-3, 1e-3, 5e-5, 0.01)),
+    (sop_dgml, "sop", (150, (100,), 9e-6, 3e-4, 1e-4, 1e-5, 0.03)),
+    (inshop_dgml, "inshop", (150, (100,), 1e-5, 3e-4, 1e-4, 5e-5, 0.03)),
+])
+def test_dgml_configs_hold_the_reference_recipe(module, data_name, recipe):
+  c = module.get_config()
+  experiment.check_config(c)
+  assert (c.data.name, c.model.backbone, c.model.head, c.loss.name, c.loss.diml) == (
+      data_name, "resnet50", "grouping", "margin", False)
+  assert (c.model.num_groups, experiment.embedding_dim(c), c.batch_size,
+          c.images_per_class) == (3, 170, 112, 2)
+  assert (c.loss.margin.margin, c.loss.margin.beta) == (0.2, 1.2)
+  assert (c.num_epochs, tuple(c.optimizer.decay_epochs), c.optimizer.lr,
+          c.optimizer.weight_decay, c.optimizer.query_weight_decay, c.loss.margin.beta_lr,
+          c.loss.diversity_weight) == recipe
+  assert c.optimizer.decay_factor == 0.3 and not c.optimizer.decoupled_weight_decay
+
+
+def test_dgml_optimizer_matches_torch_adam_with_the_reference_parameter_groups():
+  """Three updates equal torch.optim.Adam over the reference's groups (outline.set_lr):
+  backbone, keys and values decayed by `decay`, the queries by `que_decay`, beta without
+  decay at its own rate; MultiStepLR's step decay of every rate. Large rates and decays
+  here, so that a wrong decay would show."""
+  config = sop_dgml.get_config()
+  opt = config.optimizer
+  opt.lr, opt.weight_decay, opt.query_weight_decay = 1e-2, 0.5, 0.1
+  opt.decay_epochs = (0.2,)  # step 2 of 10 per epoch: the third update is decayed
+  beta_lr = config.loss.margin.beta_lr = 3e-2
+  experiment.check_config(config)
+  rng = np.random.default_rng(0)
+  shapes = {"backbone": {"conv": (3, 4)},
+            "grouping": {"key": (4, 2), "value": (4, 5), "queries": (2, 3)}}
+  params = {"model": jax.tree.map(lambda s: rng.normal(size=s).astype(np.float32), shapes,
+                                  is_leaf=lambda s: isinstance(s, tuple)),
+            "loss": {"beta": np.full(4, 1.2, np.float32)}}
+  grads = [jax.tree.map(lambda p: (0.1 * rng.normal(size=p.shape)).astype(np.float32), params)
+           for _ in range(3)]
+
+  def ours(config):
+    tx = experiment.make_optimizer(config, params, steps_per_epoch=10)
+    state, current = tx.init(params), params
+    for g in grads:
+      updates, state = tx.update(g, state, current)
+      current = optax.apply_updates(current, updates)
+    return jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, current, params)
+
+  torch_params = jax.tree.map(
+      lambda p: torch.tensor(p, dtype=torch.float64, requires_grad=True), params)
+  model, grouping = torch_params["model"], torch_params["model"]["grouping"]
+  reference = torch.optim.Adam([
+      {"params": [model["backbone"]["conv"]], "lr": opt.lr, "weight_decay": opt.weight_decay},
+      {"params": [grouping["key"], grouping["value"]], "lr": opt.lr,
+       "weight_decay": opt.weight_decay},
+      {"params": [grouping["queries"]], "lr": opt.lr, "weight_decay": opt.query_weight_decay},
+      {"params": [torch_params["loss"]["beta"]], "lr": beta_lr, "weight_decay": 0.0},
+  ])
+  scheduler = torch.optim.lr_scheduler.MultiStepLR(reference, milestones=[2], gamma=0.3)
+  for g in grads:
+    for p, gp in zip(jax.tree.leaves(torch_params), jax.tree.leaves(g)):
+      p.grad = torch.tensor(gp, dtype=torch.float64)
+    reference.step()
+    scheduler.step()
+  expected = jax.tree.map(lambda t, p: t.detach().numpy() - p, torch_params, params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               ours(config), expected)
+  # Without query_weight_decay the queries take the model's decay, and move differently.
+  config.optimizer.query_weight_decay = None
+  moved = ours(config)["model"]["grouping"]["queries"]
+  assert np.abs(moved - expected["model"]["grouping"]["queries"]).max() > 1e-3
 
 
 # ------------------------------------------------------------------------------------
@@ -281,9 +361,11 @@ def test_vit_diml_trains_evaluates_and_checkpoints(tmp_path):
 @pytest.mark.slow
 def test_dgml_trains_evaluates_and_checkpoints(tmp_path):
   config = dgml_config(**{"steps_per_epoch": 6, "num_epochs": 2, "eval.every_epochs": 2,
-                          "checkpoint_every_steps": 4, "log_every_steps": 1})
+                          "checkpoint_every_steps": 4, "log_every_steps": 1,
+                          "optimizer.query_weight_decay": 1e-4, "eval.with_nmi": True})
   results = train_lib.train_and_evaluate(config, str(tmp_path))
   assert set(results["metrics"]) == {"0"}
+  assert 0 <= results["nmi"] <= 1 and 0 <= results["f1"] <= 1  # DGML's clustering scores
   for name in ("best.json", "checkpoints/12", "eval/step_12/retrieval_metrics.json",
                "eval/step_12/embeddings_grid4_px32.npz"):
     assert (tmp_path / name).exists(), name

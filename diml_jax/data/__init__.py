@@ -19,6 +19,8 @@ Data sets (``name``; ``root`` is a local path or ``gs://...``):
 * ``"cub200"``: CUB-200-2011, classes 1-100 train / 101-200 test (:mod:`.cub`).
 * ``"cars196"``: Cars196, classes 1-98 / 99-196 (:mod:`.cars196`).
 * ``"sop"``: Stanford Online Products, ``Ebay_train.txt`` / ``Ebay_test.txt`` (:mod:`.sop`).
+* ``"inshop"``: In-Shop Clothes Retrieval, ``list_eval_partition.txt``: train, and a test
+  split of queries against a gallery (also ``"query"`` / ``"gallery"``) (:mod:`.inshop`).
 * ``"openclipart"``: the demo set from ``apt-get install openclipart-png`` (:mod:`.openclipart`).
 * ``"synthetic"``: made at run time, no files (:mod:`.synthetic`).
 
@@ -29,6 +31,7 @@ from etils import epath
 
 from diml_jax.data import cars196
 from diml_jax.data import cub
+from diml_jax.data import inshop
 from diml_jax.data import openclipart
 from diml_jax.data import sop
 from diml_jax.data import synthetic
@@ -47,7 +50,8 @@ __all__ = [
     "Normalization", "device_prefetch", "eval_iterator", "load", "train_iterator",
 ]
 
-_ARCHIVES = {"cub200": cub.load, "cars196": cars196.load, "sop": sop.load}
+_ARCHIVES = {"cub200": cub.load, "cars196": cars196.load, "sop": sop.load,
+             "inshop": inshop.load}
 NAMES = (*_ARCHIVES, "openclipart", "synthetic")
 SOURCES = ("files", "tfds")
 
@@ -58,7 +62,8 @@ def load(name: str, split: str, root: epath.PathLike | None = None, *, source: s
 
   Args:
     name: one of ``NAMES``.
-    split: ``"train"`` or ``"test"``.
+    split: ``"train"`` or ``"test"``; for ``inshop`` also ``"query"`` and ``"gallery"``
+      (its ``"test"`` is both, with ``Dataset.is_query``).
     root: where the data set is; required for the archives, optional for ``openclipart``
       (Debian's path) and unused for ``synthetic``. With ``source="tfds"``: the TFDS
       ``data_dir`` (TFDS's default when None).

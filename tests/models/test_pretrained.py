@@ -95,7 +95,7 @@ def test_replace_backbone(state_dict):
 
 
 def test_backbone_without_torch_layout_is_rejected(state_dict):
-  with pytest.raises(ValueError, match="ResNet or EfficientNetLite"):
+  with pytest.raises(ValueError, match="ResNet, EfficientNetLite or BNInception"):
     backbone_variables(state_dict, EmbeddingModel(backbone=ResNetTiny()))
 
 
@@ -130,6 +130,13 @@ def test_fetch_rejects_a_corrupted_cache(tmp_path):
     imagenet_variables(ResNet50(), cache_dir=tmp_path)
 
 
+def test_fetch_without_a_published_digest_caches_the_download(tmp_path):
+  weights = _weight_file(tmp_path, b"weights")._replace(sha256=None)
+  path = fetch(weights, cache_dir=tmp_path / "cache")
+  assert path.read_bytes() == b"weights"
+  assert [p.name for p in (tmp_path / "cache").iterdir()] == ["weights-1234.pth"]
+
+
 def test_fetch_failure_says_where_to_put_the_file(tmp_path):
   weights = WeightFile(url=(tmp_path / "missing.pth").as_uri(), sha256="0" * 64)
   with pytest.raises(OSError, match="place the file at"):
@@ -138,6 +145,7 @@ def test_fetch_failure_says_where_to_put_the_file(tmp_path):
 
 
 def test_imagenet_weights_only_for_known_architectures():
-  with pytest.raises(ValueError, match="ResNet50\\(\\) and EfficientNetLite0\\(\\)"):
+  with pytest.raises(ValueError, match="ResNet50\\(\\), EfficientNetLite0\\(\\) and"
+                     " BNInception\\(\\)"):
     imagenet_variables(ResNetTiny())
   assert RESNET50_IMAGENET.sha256.startswith(RESNET50_IMAGENET.filename[9:17])

@@ -1,9 +1,10 @@
-"""Independent PyTorch references: ResNet in torchvision's state-dict layout and
-EfficientNet-Lite in EfficientNet-PyTorch's, NCHW, written from the papers' descriptions.
+"""Independent PyTorch references: ResNet in torchvision's state-dict layout,
+EfficientNet-Lite in EfficientNet-PyTorch's, BN-Inception in Cadene's pretrainedmodels',
+NCHW, written from the papers' descriptions.
 
 Used by the parity tests and, as the same-run reference, by ``benchmarks/backbone.py``.
-torchvision is deliberately not a dependency; the key names here are torchvision's and
-EfficientNet-PyTorch's so that real checkpoints load with ``load_state_dict(strict=True)``.
+torchvision is deliberately not a dependency; the key names here are those of the three
+sources, so that real checkpoints load with ``load_state_dict(strict=True)``.
 """
 import math
 
@@ -245,3 +246,71 @@ class TorchViT(nn.Module):
       attentions.append(weights)
     x = self.norm(x)
     return x, attentions, self.head(x[:, 0])
+
+
+# BN-Inception in the state-dict layout of Cadene's pretrainedmodels port (Ioffe & Szegedy
+# 2015): per block (name, input channels, 1x1, 3x3 reduce, 3x3, double reduce, double 3x3,
+# pool kind, pool projection); None marks the stride-2 blocks' missing branches.
+TORCH_BNINCEPTION_BLOCKS = [
+    ("3a", 192, 64, 64, 64, 64, 96, "avg", 32),
+    ("3b", 256, 64, 64, 96, 64, 96, "avg", 64),
+    ("3c", 320, None, 128, 160, 64, 96, "max_s2", None),
+    ("4a", 576, 224, 64, 96, 96, 128, "avg", 128),
+    ("4b", 576, 192, 96, 128, 96, 128, "avg", 128),
+    ("4c", 576, 160, 128, 160, 128, 160, "avg", 128),
+    ("4d", 608, 96, 128, 192, 160, 192, "avg", 128),
+    ("4e", 608, None, 128, 192, 192, 256, "max_s2", None),
+    ("5a", 1056, 352, 192, 320, 160, 224, "avg", 128),
+    ("5b", 1024, 352, 192, 320, 192, 224, "max", 128),
+]
+
+
+class TorchBNInception(nn.Module):
+  """BN-Inception on BGR input; returns ``(feature_map NCHW, logits)``. Modules are set
+  by name (``inception_3a_double_3x3_1`` and ``..._bn``) so the keys are the port's."""
+
+  def __init__(self, num_classes: int = 1000):
+    super().__init__()
+    self._unit("conv1_7x7_s2", 3, 64, 7, 2)
+    self._unit("conv2_3x3_reduce", 64, 64, 1)
+    self._unit("conv2_3x3", 64, 192, 3)
+    for name, cin, c1, r3, c3, rd, d3, pool, proj in TORCH_BNINCEPTION_BLOCKS:
+      p, stride = f"inception_{name}", 2 if pool == "max_s2" else 1
+      if c1:
+        self._unit(f"{p}_1x1", cin, c1, 1)
+      self._unit(f"{p}_3x3_reduce", cin, r3, 1)
+      self._unit(f"{p}_3x3", r3, c3, 3, stride)
+      self._unit(f"{p}_double_3x3_reduce", cin, rd, 1)
+      self._unit(f"{p}_double_3x3_1", rd, d3, 3)
+      self._unit(f"{p}_double_3x3_2", d3, d3, 3, stride)
+      if proj:
+        self._unit(f"{p}_pool_proj", cin, proj, 1)
+    self.last_linear = nn.Linear(1024, num_classes)
+
+  def _unit(self, name, cin, cout, kernel, stride=1):
+    setattr(self, name, nn.Conv2d(cin, cout, kernel, stride, kernel // 2))
+    setattr(self, f"{name}_bn", nn.BatchNorm2d(cout))
+
+  def _run(self, name, x):
+    return F.relu(getattr(self, f"{name}_bn")(getattr(self, name)(x)))
+
+  def forward(self, x):
+    x = self._run("conv1_7x7_s2", x)
+    x = F.max_pool2d(x, 3, 2, ceil_mode=True)
+    x = self._run("conv2_3x3", self._run("conv2_3x3_reduce", x))
+    x = F.max_pool2d(x, 3, 2, ceil_mode=True)
+    for name, _, c1, _, _, _, _, pool, proj in TORCH_BNINCEPTION_BLOCKS:
+      p = f"inception_{name}"
+      out = [self._run(f"{p}_1x1", x)] if c1 else []
+      out.append(self._run(f"{p}_3x3", self._run(f"{p}_3x3_reduce", x)))
+      y = self._run(f"{p}_double_3x3_1", self._run(f"{p}_double_3x3_reduce", x))
+      out.append(self._run(f"{p}_double_3x3_2", y))
+      if pool == "max_s2":
+        out.append(F.max_pool2d(x, 3, 2, ceil_mode=True))
+      elif pool == "max":
+        out.append(self._run(f"{p}_pool_proj", F.max_pool2d(x, 3, 1, 1, ceil_mode=True)))
+      else:
+        pooled = F.avg_pool2d(x, 3, 1, 1, ceil_mode=True, count_include_pad=True)
+        out.append(self._run(f"{p}_pool_proj", pooled))
+      x = torch.cat(out, 1)
+    return x, self.last_linear(x.mean((2, 3)))

@@ -1,0 +1,14 @@
+"""Cars196 / DGML: attentive grouping (3 groups) on ResNet-50, the reference recipe.
+
+  python train.py --config configs/cars_dgml.py --config.data.root=/path/to/data
+  python eval.py --config configs/cars_dgml.py --workdir runs/cars_dgml --config.data.root=/path/to/data
+
+See ``common.dgml`` and ``common.DGML_RECIPES`` (the reference DGML code's
+``configs/cars196.yaml``): per-group margin loss + 0.01 x diversity loss, 200 epochs, Adam at
+1e-5 decayed x0.3 at epoch 100, weight decay 2e-3 (group queries 1e-3), beta lr 5e-5.
+"""
+from configs import common
+
+
+def get_config():
+  return common.dgml("cars")
