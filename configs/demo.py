@@ -23,6 +23,9 @@ def get_config():
   c.data.image_size = 160
   c.data.resize_size = 160           # clip art is letterboxed to a square: no crop margin
   c.data.max_test_per_class = 40     # a balanced test set of at most 37 x 40 images
+  # Decode in threads: the cached path reads each image once, and on a small CPU worker
+  # processes take longer to start than they save.
+  c.data.num_workers = 0
   c.model.backbone = "efficientnet_lite0"
   c.model.freeze_backbone = True     # train the head on cached feature maps
   c.optimizer.lr = 1e-3              # a fresh embedding layer on frozen features
