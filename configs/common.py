@@ -53,6 +53,8 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.model.backbone = "resnet50"  # resnet18/34/50/101, efficientnet_lite0, bninception, ...
   c.model.pretrained = True      # ImageNet weights (ResNet-50, Lite0, BN-Inception)
   c.model.frozen_bn = True       # batch norm in inference mode, as in the papers
+  # True: embed the images once (test transform, no augmentation), cache the feature
+  # maps in $DIML_JAX_CACHE/features and train only the head on them (feature_cache).
   c.model.freeze_backbone = False
   c.model.embed_dim = 128
   c.model.normalize = True       # L2-normalised embeddings (the published *_normalize nets)

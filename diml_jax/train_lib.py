@@ -14,6 +14,7 @@ JAX). The losses see the global batch; DIML's O(B^2) matching is split over the 
 """
 from __future__ import annotations
 
+import functools
 import json
 from absl import logging
 import os
@@ -30,7 +31,7 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tensorboardX import SummaryWriter
 
-from diml_jax import data, eval_lib, evaluation, experiment, losses, models
+from diml_jax import data, eval_lib, evaluation, experiment, feature_cache, losses, models
 from diml_jax.losses import registry
 from diml_jax.experiment import DATA_AXIS, TrainState
 
@@ -87,11 +88,14 @@ def make_loss(config: ml_collections.ConfigDict, mesh: Mesh | None) -> LossFn:
 # The update.
 
 
-def make_train_step(model, loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh):
+def make_train_step(model, loss_fn: LossFn, tx: optax.GradientTransformation, mesh: Mesh,
+                    *, cached_features: bool = False):
   """The jitted update ``(state, batch, key) -> (state, measurements)``.
 
-  The state is replicated and donated; the batch is sharded along ``"data"``. If the loss
-  or the gradients are not finite the state is returned unchanged and
+  The state is replicated and donated; the batch is sharded along ``"data"``: images, or
+  with ``cached_features`` a frozen backbone's cached outputs (``"pooled"``,
+  ``"feature_map"``; :mod:`diml_jax.feature_cache`), to which only the head is applied.
+  If the loss or the gradients are not finite the state is returned unchanged and
   ``measurements["finite"]`` is False (the loop then stops, naming the step).
   """
   replicated = NamedSharding(mesh, P())
@@ -102,9 +106,14 @@ def make_train_step(model, loss_fn: LossFn, tx: optax.GradientTransformation, me
       variables = {"params": params["model"]}
       if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
-      (global_, aux), updates = model.apply(
-          variables, batch["image"], train=True, mutable=["batch_stats"]
-      )
+      if cached_features:
+        (global_, aux), updates = model.apply(
+            variables, batch["pooled"], batch["feature_map"], method="embed_features",
+            mutable=["batch_stats"])
+      else:
+        (global_, aux), updates = model.apply(
+            variables, batch["image"], train=True, mutable=["batch_stats"]
+        )
       out = loss_fn(params["loss"], global_, aux, batch["label"], key)
       return out.loss, (updates.get("batch_stats", state.batch_stats), out)
 
@@ -163,6 +172,9 @@ class _Log:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains and evaluates; resumes from ``workdir``'s latest checkpoint if there is one.
 
+  With ``model.freeze_backbone`` the head trains on the backbone's feature maps, embedded
+  once and cached on disk, without augmentation (:mod:`diml_jax.feature_cache`).
+
   Args:
     config: see ``configs/common.py``.
     workdir: checkpoints (``checkpoints/``, ``best/``), logs (``metrics.jsonl``,
@@ -213,14 +225,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return {}
 
   loss_mesh = mesh if jax.device_count() > 1 else None
-  train_step = make_train_step(model, make_loss(config, loss_mesh), tx, mesh)
+  cached = config.model.freeze_backbone
+  train_step = make_train_step(model, make_loss(config, loss_mesh), tx, mesh,
+                               cached_features=cached)
   base_key = jax.random.key(config.seed)
-  batches = data.train_iterator(
-      train_set, batch_size=config.batch_size, images_per_class=config.images_per_class,
-      image_size=config.data.image_size, seed=config.seed, start_step=start,
-      num_steps=total_steps - start, normalization=experiment.normalization(model),
-      num_workers=None if config.data.num_workers < 0 else config.data.num_workers,
-  )
+  embed_test = None  # evaluation embeds the test images through the model
+  if cached:
+    # A frozen backbone: both splits are embedded once (or read from the cache) and the
+    # head trains on the feature maps, without augmentation (diml_jax.feature_cache).
+    # The fresh backbone variables are the restored ones: they never change.
+    variables = {"params": params["model"], "batch_stats": batch_stats}
+    train_maps, test_maps = (feature_cache.load_or_embed(config, model, variables, split, mesh)
+                             for split in (train_set, test_set))
+    batches = feature_cache.train_batches(
+        train_maps, batch_size=config.batch_size, images_per_class=config.images_per_class,
+        seed=config.seed, start_step=start, num_steps=total_steps - start)
+    embed_test = functools.partial(feature_cache.embeddings, model, features=test_maps,
+                                   mesh=mesh, batch_size=config.eval.batch_size)
+  else:
+    batches = data.train_iterator(
+        train_set, batch_size=config.batch_size, images_per_class=config.images_per_class,
+        image_size=config.data.image_size, seed=config.seed, start_step=start,
+        num_steps=total_steps - start, normalization=experiment.normalization(model),
+        num_workers=None if config.data.num_workers < 0 else config.data.num_workers,
+    )
   log = _Log(workdir)
   best_r1 = _best_recall(workdir)
   results: dict[str, Any] = {}
@@ -259,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           _check_finite(pending, checkpoints)
           results, _ = eval_lib.evaluate_model(
               config, model, eval_lib.model_variables(state), test_set, mesh,
-              os.path.join(workdir, "eval", f"step_{step + 1}"))
+              os.path.join(workdir, "eval", f"step_{step + 1}"), embed_fn=embed_test)
           r1 = _log_eval(results, log, step + 1, epoch_done)
           if r1 > best_r1:
             best_r1 = r1

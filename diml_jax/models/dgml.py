@@ -115,7 +115,6 @@ class GroupingModel(nn.Module):
   key_reduction: int = 8
   freeze_backbone: bool = False
 
-  @nn.compact
   def __call__(self, images: jnp.ndarray, *, train: bool = False
                ) -> tuple[jnp.ndarray, dict[str, Any]]:
     """Embeds a batch of images.
@@ -138,6 +137,23 @@ class GroupingModel(nn.Module):
     feature_map = backbone_aux["feature_map"]
     if self.freeze_backbone:
       pooled, feature_map = jax.lax.stop_gradient((pooled, feature_map))
+    return self.embed_features(pooled, feature_map)
+
+  @nn.compact
+  def embed_features(self, pooled: jnp.ndarray, feature_map: jnp.ndarray
+                     ) -> tuple[jnp.ndarray, dict[str, Any]]:
+    """The head alone: the group embeddings of a backbone's outputs.
+
+    What :meth:`__call__` applies after the backbone; on its own it trains the head on a
+    frozen backbone's cached outputs (:mod:`diml_jax.feature_cache`).
+
+    Args:
+      pooled: the backbone's pooled features ``[b, c]`` (passed through to ``aux``).
+      feature_map: its last-stage feature map ``[b, h, w, c]``.
+
+    Returns:
+      ``(embedding [b, k * d], aux)`` as :meth:`__call__`'s.
+    """
     groups, attention = AttentiveGrouping(self.num_groups, self.group_dim, self.key_reduction,
                                           name="grouping")(feature_map)
     embedding = groups.reshape(groups.shape[0], -1) / math.sqrt(self.num_groups)

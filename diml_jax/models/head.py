@@ -158,7 +158,6 @@ class EmbeddingModel(nn.Module):
   freeze_backbone: bool = False
   rollout_blocks: int | None = None
 
-  @nn.compact
   def __call__(self, images: jnp.ndarray, *, train: bool = False
                ) -> tuple[jnp.ndarray, dict]:
     """Embeds a batch of images.
@@ -182,13 +181,42 @@ class EmbeddingModel(nn.Module):
       the marginals of DIML's transport problem for ViTs (TPAMI 2023).
     """
     check_images(images)
-    if self.global_from not in ("feature_map", "grid"):
-      raise ValueError("`global_from` must be 'feature_map' or 'grid'; got"
-                       f" {self.global_from!r}.")
     pooled, backbone_aux = self.backbone(images, train=train)
     feature_map = backbone_aux["feature_map"]
     if self.freeze_backbone:
       pooled, feature_map = jax.lax.stop_gradient((pooled, feature_map))
+    global_, head_aux = self.embed_features(pooled, feature_map)
+    # The backbone's own outputs (e.g. a ViT's "attentions") pass through.
+    aux = {**backbone_aux, **head_aux}
+    if "attentions" in backbone_aux:
+      # rollout pools with this module's grid_pool, so it is imported here (a cycle).
+      from diml_jax.models import rollout  # pylint: disable=g-import-not-at-top
+      relevance = rollout.patch_relevance(backbone_aux["attentions"],
+                                          num_blocks=self.rollout_blocks)
+      aux["part_weights"] = rollout.pool_relevance(
+          relevance.reshape(feature_map.shape[:3]), self.grid_size, resize_to=self.resize_to)
+    return global_, aux
+
+  @nn.compact
+  def embed_features(self, pooled: jnp.ndarray, feature_map: jnp.ndarray
+                     ) -> tuple[jnp.ndarray, dict]:
+    """The head alone: the embeddings of a backbone's outputs.
+
+    What :meth:`__call__` applies after the backbone; called on its own (``model.apply(
+    variables, pooled, feature_map, method="embed_features")``) it trains the head on a
+    frozen backbone's cached outputs (:mod:`diml_jax.feature_cache`).
+
+    Args:
+      pooled: the backbone's pooled features ``[b, c]``.
+      feature_map: its last-stage feature map ``[b, h, w, c]``.
+
+    Returns:
+      ``(global [b, d], {"local": [b, g * g, d], "feature_map", "pooled"})``, as
+      :meth:`__call__`'s.
+    """
+    if self.global_from not in ("feature_map", "grid"):
+      raise ValueError("`global_from` must be 'feature_map' or 'grid'; got"
+                       f" {self.global_from!r}.")
     grid = grid_pool(feature_map.astype(jnp.float32), self.grid_size,
                      resize_to=self.resize_to)
     # U(-1/sqrt(c), 1/sqrt(c)), PyTorch's default for the reference's Conv2d.
@@ -201,13 +229,4 @@ class EmbeddingModel(nn.Module):
       global_ = embed(pooled.astype(jnp.float32))
     if self.normalize:
       local, global_ = l2_normalize(local), l2_normalize(global_)
-    # The backbone's own outputs (e.g. a ViT's "attentions") pass through.
-    aux = {**backbone_aux, "local": local, "feature_map": feature_map, "pooled": pooled}
-    if "attentions" in backbone_aux:
-      # rollout pools with this module's grid_pool, so it is imported here (a cycle).
-      from diml_jax.models import rollout  # pylint: disable=g-import-not-at-top
-      relevance = rollout.patch_relevance(backbone_aux["attentions"],
-                                          num_blocks=self.rollout_blocks)
-      aux["part_weights"] = rollout.pool_relevance(
-          relevance.reshape(feature_map.shape[:3]), self.grid_size, resize_to=self.resize_to)
-    return global_, aux
+    return global_, {"local": local, "feature_map": feature_map, "pooled": pooled}
