@@ -15,7 +15,7 @@ DATASETS = {
 
 
 def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
-  """The training protocol of the DIML papers (MISSION.md) for one data set and loss.
+  """The training protocol of the DIML papers (ICCV 2021, Sec. 4; TPAMI 2023) for one data set and loss.
 
   Args:
     dataset: ``"cub"``, ``"cars"`` or ``"sop"``.
@@ -57,8 +57,6 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict()
   c.loss.name = loss
   c.loss.diml = diml
-  c.loss.marginals = "cross"     # or "uniform", or "rollout" (ViTs: attention rollout)
-  c.loss.partial_mass = 1.0      # p: matched fraction of part weight (partial similarity)
   c.loss.diversity_weight = 0.0  # DGML's diversity loss (model.head="grouping")
   # nonzero_loss_cutoff: 0 = off, as in the published code (Wu et al. use 1.4).
   c.loss.margin = dict(margin=0.2, beta=1.2, beta_lr=5e-4, cutoff=0.5, nonzero_loss_cutoff=0.0)
@@ -67,10 +65,16 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.loss.triplet = dict(margin=0.2)
   c.loss.contrastive = dict(pos_margin=0.0, neg_margin=1.0)
 
-  c.sinkhorn = ml_collections.ConfigDict()
-  c.sinkhorn.epsilon = 0.05
-  c.sinkhorn.threshold = 1e-3
-  c.sinkhorn.max_iterations = 100
+  # Structural matching (diml_jax.matching), as training, its losses, re-ranking, the
+  # evaluation and the report all use it.
+  c.matching = ml_collections.ConfigDict()
+  c.matching.marginals = "cross"   # or "uniform", or "weights" (ViTs: attention rollout)
+  c.matching.mass = 1.0            # p: matched fraction of part weight (partial similarity)
+  c.matching.epsilon = 0.05        # the rest: matching.SinkhornOptions, the papers' values
+  c.matching.threshold = 1e-3
+  c.matching.max_iterations = 100
+  c.matching.check_every = 10
+  c.matching.gradient = "constant"  # or "implicit" / "unroll": through the solver
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 1e-5           # backbone and embedding layer
@@ -117,8 +121,8 @@ def vit_diml(dataset: str, loss: str) -> ml_collections.ConfigDict:
   c.model.weights_key = "model"   # DeiT's .pth nests the state dict under "model"
   c.model.global_from = "feature_map"  # for a ViT: the embedded class token
   c.model.rollout_blocks = 4
-  c.loss.marginals = "rollout"
-  c.loss.partial_mass = 0.5
+  c.matching.marginals = "weights"
+  c.matching.mass = 0.5
   return c
 
 

@@ -16,6 +16,7 @@ References:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -24,7 +25,7 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from diml_jax import metrics, retrieval
+from diml_jax import matching, metrics, retrieval
 
 __all__ = [
     "DEFAULT_KS",
@@ -96,7 +97,7 @@ def evaluate(
     rerank_chunk_per_device: int | None = None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = True,
-    **sinkhorn_options,
+    options: matching.SinkhornOptions | None = None,
 ) -> dict[str, Any]:
   """Multi-scale retrieval metrics of a split, each item a query against the others.
 
@@ -125,8 +126,7 @@ def evaluate(
     marginals: ``"cross"`` (default), ``"uniform"``, or ``"weights"`` (the embeddings'
       part weights) for the structural matching.
     mass: ``p`` of partial similarity in re-ranking (1: ordinary matching); the
-      structural term is then the mean over the matched parts
-      (:func:`diml_jax.matching.pairwise`).
+      structural term is on the scale of :class:`diml_jax.matching.Matching`.
     with_nmi: compute NMI (k-means is the slowest step on a CPU for many classes).
     kmeans_iterations: Lloyd iterations of k-means.
     seed: seed of the k-means++ seeding.
@@ -136,7 +136,7 @@ def evaluate(
       (:func:`retrieval.rerank_scores`).
     devices: devices to split each chunk over; default all local devices.
     progress: show progress bars.
-    **sinkhorn_options: options of :func:`diml_jax.matching.match` for re-ranking.
+    options: the solver's :class:`diml_jax.matching.SinkhornOptions` for re-ranking.
 
   Returns:
     A JSON-ready dict: ``"metrics"`` maps each ``K`` (as a string) to
@@ -176,7 +176,7 @@ def evaluate(
   scores = np.zeros((n, 0), np.float32) if kmax == 0 else retrieval.rerank_scores(
       x, g, x, g, neighbours.indices[:, :kmax], marginals=marginals, mass=mass,
       chunk_per_device=rerank_chunk_per_device, devices=devices, progress=progress,
-      **sinkhorn_options,
+      options=options,
   )
   seconds["structural_reranking"] = time.perf_counter() - t
 
@@ -214,7 +214,7 @@ def evaluate(
           "ks": ks, "recall_ks": list(recall_ks), "include_query_in_r": include_query_in_r,
           "marginals": marginals if isinstance(marginals, str) else "weights",
           "mass": mass, "with_nmi": with_nmi, "kmeans_iterations": kmeans_iterations,
-          "seed": seed, "sinkhorn_options": dict(sinkhorn_options),
+          "seed": seed, "matching_options": dataclasses.asdict(matching.check_options(options)),
       },
   }
 

@@ -20,7 +20,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diml_jax import data, losses, models
+from diml_jax import data, losses, matching, models
 
 BACKBONES = {
     "resnet18": models.ResNet18,
@@ -42,7 +42,7 @@ PRETRAINED = ("resnet50", "efficientnet_lite0")
 # Classifier keys of weight files, left out (the models have no classifier).
 _CLASSIFIERS = {"vit": ("head.",), "cnn": ("fc.", "_fc.")}
 HEADS = ("embedding", "grouping")
-MARGINALS = ("cross", "uniform", "rollout")
+MARGINALS = ("cross", "uniform", "weights")
 LOSSES = ("margin", "multisimilarity", "proxyanchor", "triplet", "contrastive")
 DIML_LOSSES = ("margin", "multisimilarity", "triplet", "contrastive")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -54,8 +54,27 @@ def _one_of(name: str, value: Any, allowed) -> None:
     raise ValueError(f"config.{name}={value!r} is not one of {tuple(allowed)}.")
 
 
+# Keys of earlier versions -> where they went.
+_MOVED = {"sinkhorn": "matching (epsilon, threshold, max_iterations, ...)",
+          "loss.marginals": "matching.marginals ('rollout' is now 'weights')",
+          "loss.partial_mass": "matching.mass"}
+
+
+def matching_options(config: ml_collections.ConfigDict) -> matching.SinkhornOptions:
+  """The solver's options from ``config.matching`` (all its keys but marginals and mass)."""
+  options = {k: v for k, v in config.matching.items() if k not in ("marginals", "mass")}
+  try:
+    return matching.SinkhornOptions(**options)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.matching: {e}") from None
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Checks a config's values, so that a mistake fails at once and names the key."""
+  for old, new in _MOVED.items():
+    section, _, key = old.rpartition(".")
+    if key in (config.get(section, {}) if section else config):
+      raise ValueError(f"config.{old} has moved: set config.{new} instead.")
   _one_of("data.name", config.data.name, data.NAMES)
   _one_of("data.source", config.data.source, ("files", "tfds"))
   if config.data.fallback:
@@ -105,17 +124,18 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f"compares images with class proxies. Train it with diml=False and evaluate with "
         f"structural re-ranking (test-time DIML)."
     )
-  _one_of("loss.marginals", loss.marginals, MARGINALS)
-  if loss.marginals == "rollout" and not vit:
+  _one_of("matching.marginals", config.matching.marginals, MARGINALS)
+  if config.matching.marginals == "weights" and not vit:
     raise ValueError(
-        f"config.loss.marginals='rollout' weighs the parts by a ViT's attention rollout; "
-        f"{model.backbone!r} has no attention: choose a backbone of {VITS} or "
-        f"--config.loss.marginals=cross.")
-  mass = loss.partial_mass
+        f"config.matching.marginals='weights' weighs the parts by a ViT's attention "
+        f"rollout; {model.backbone!r} has no attention: choose a backbone of {VITS} or "
+        f"--config.matching.marginals=cross.")
+  mass = config.matching.mass
   if isinstance(mass, bool) or not isinstance(mass, (int, float)) or not 0 < mass <= 1:
     raise ValueError(
-        f"config.loss.partial_mass={mass!r} must be a number in (0, 1]: the fraction p of "
+        f"config.matching.mass={mass!r} must be a number in (0, 1]: the fraction p of "
         f"each image's part weight that is matched (1 = ordinary matching).")
+  matching_options(config)
   if not loss.diversity_weight >= 0:
     raise ValueError(f"config.loss.diversity_weight={loss.diversity_weight} must be >= 0.")
   if model.head == "grouping":
@@ -132,8 +152,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(
           f"config.eval.ks={tuple(config.eval.ks)} re-ranks with parts, which the grouping "
           f"head has not: set --config.eval.ks='(0,)'.")
-    if loss.marginals == "rollout":
-      raise ValueError("config.loss.marginals='rollout' needs model.head='embedding'.")
+    if config.matching.marginals == "weights":
+      raise ValueError("config.matching.marginals='weights' needs model.head='embedding'.")
   elif loss.diversity_weight:
     raise ValueError(
         f"config.loss.diversity_weight={loss.diversity_weight} is DGML's, for "

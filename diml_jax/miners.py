@@ -30,6 +30,8 @@ __all__ = [
     "all_triplets",
     "semihard_triplets",
     "distance_weighted",
+    "check_labels",
+    "check_square",
 ]
 
 
@@ -77,7 +79,8 @@ class Sampled(NamedTuple):
     )
 
 
-def _check_labels(labels, b: int | None = None, name: str = "labels") -> jax.Array:
+def check_labels(labels, b: int | None = None, name: str = "labels") -> jax.Array:
+  """Integer class ids ``[b]`` (any ``b`` if ``None``); the losses check theirs with it."""
   labels = jnp.asarray(labels)
   if labels.ndim != 1 or (b is not None and labels.shape[0] != b):
     want = "[b]" if b is None else f"[{b}]"
@@ -87,9 +90,10 @@ def _check_labels(labels, b: int | None = None, name: str = "labels") -> jax.Arr
   return labels
 
 
-def _check_square(name: str, matrix, labels) -> tuple[jax.Array, jax.Array]:
+def check_square(name: str, matrix, labels) -> tuple[jax.Array, jax.Array]:
+  """A square similarity or distance matrix ``[b, b]`` and its labels ``[b]``."""
   matrix = jnp.asarray(matrix)
-  labels = _check_labels(labels)
+  labels = check_labels(labels)
   b = labels.shape[0]
   if matrix.shape != (b, b):
     raise ValueError(
@@ -107,7 +111,7 @@ def all_pairs(labels: jax.Array) -> PairMasks:
   Returns:
     :class:`PairMasks` with ``[b, b]`` masks.
   """
-  labels = _check_labels(labels)
+  labels = check_labels(labels)
   same = labels[:, None] == labels[None, :]
   return PairMasks(positive=same & ~jnp.eye(labels.shape[0], dtype=bool), negative=~same)
 
@@ -135,7 +139,7 @@ def multi_similarity(
     Wang, Han, Huang, Dong, Scott. Multi-Similarity Loss with General Pair Weighting for
     Deep Metric Learning. CVPR 2019, Sec. 4.2.
   """
-  similarity, labels = _check_square("similarity", similarity, labels)
+  similarity, labels = check_square("similarity", similarity, labels)
   s = jax.lax.stop_gradient(similarity)
   pairs = all_pairs(labels)
   hardest_positive = jnp.min(jnp.where(pairs.positive, s, jnp.inf), axis=1, keepdims=True)
@@ -179,7 +183,7 @@ def semihard_triplets(
   References:
     Schroff, Kalenichenko, Philbin. FaceNet. CVPR 2015, Sec. 3.2.
   """
-  distances, labels = _check_square("distances", distances, labels)
+  distances, labels = check_square("distances", distances, labels)
   d = jax.lax.stop_gradient(distances)
   gap = d[:, None, :] - d[:, :, None]  # [a, p, n]: d_an - d_ap
   return all_triplets(labels) & (gap > 0) & (gap <= margin)
@@ -226,7 +230,7 @@ def distance_weighted(
     Wu, Manmatha, Smola, Krähenbühl. Sampling Matters in Deep Embedding Learning.
     ICCV 2017, Sec. 4.
   """
-  distances, labels = _check_square("distances", distances, labels)
+  distances, labels = check_square("distances", distances, labels)
   if int(dim) < 4:
     raise ValueError(f"dim must be the embedding dimension (>= 4); got {dim!r}.")
   if not 0.0 < cutoff < 2.0:

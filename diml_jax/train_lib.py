@@ -46,11 +46,12 @@ def make_loss(config: ml_collections.ConfigDict, mesh: Mesh | None) -> LossFn:
 
   ``embedding`` and ``aux`` are the model's outputs. With DIML (``loss.diml``) the loss
   runs on the structural quantity of ``aux["local"]`` ``[b, r, d]``, whose part weights
-  (the transport marginals) are ``loss.marginals``: cross-correlation, uniform, or
-  ``"rollout"``, a ViT's truncated attention rollout ``aux["part_weights"]`` ``[b, r]``;
-  with ``loss.partial_mass`` ``p < 1`` only ``p`` of each image's weight is matched and
-  the structural terms are means over the matched parts
-  (:func:`diml_jax.matching.pairwise`).
+  (the transport marginals) are ``matching.marginals``: cross-correlation, uniform, or
+  ``"weights"``, a ViT's truncated attention rollout ``aux["part_weights"]`` ``[b, r]``;
+  with ``matching.mass`` ``p < 1`` only ``p`` of each image's weight is matched and the
+  structural terms are means over the matched parts (the scale of
+  :class:`diml_jax.matching.Matching`); the other ``matching`` keys are the solver's
+  options (:func:`experiment.matching_options`).
 
   DGML (``model.head="grouping"``): the metric loss runs on each group's embedding
   ``aux["groups"][:, g]`` (group ``g`` with PRNG key ``jax.random.split(key, k)[g]``, for
@@ -61,16 +62,17 @@ def make_loss(config: ml_collections.ConfigDict, mesh: Mesh | None) -> LossFn:
   mean, ``selected`` their sum.
   """
   c = config.loss
-  sinkhorn = dict(config.sinkhorn)
+  m, options = config.matching, experiment.matching_options(config)
 
   def where(aux):
-    marginals = aux["part_weights"] if c.marginals == "rollout" else c.marginals
-    return dict(marginals=marginals, mass=c.partial_mass, mesh=mesh, axis_name=DATA_AXIS)
+    marginals = aux["part_weights"] if m.marginals == "weights" else m.marginals
+    return dict(marginals=marginals, mass=m.mass, options=options, mesh=mesh,
+                axis_name=DATA_AXIS)
 
   def distances(global_, aux):
     if c.diml:
       return losses.structural_matrix(aux["local"], global_, quantity="distance",
-                                      **where(aux), **sinkhorn)
+                                      **where(aux))
     return losses.euclidean_distance(global_)
 
   def metric(loss_params, global_, aux, labels, key):
@@ -80,13 +82,13 @@ def make_loss(config: ml_collections.ConfigDict, mesh: Mesh | None) -> LossFn:
       if c.diml:
         return losses.margin_diml(
             aux["local"], labels, loss_params["beta"], key, global_features=global_, **kw,
-            **where(aux), sinkhorn=sinkhorn)
+            **where(aux))
       return losses.margin_global(global_, labels, loss_params["beta"], key, **kw)
     if c.name == "multisimilarity":
       if c.diml:
         return losses.multi_similarity_diml(
             aux["local"], labels, global_features=global_, **c.multisimilarity,
-            **where(aux), sinkhorn=sinkhorn)
+            **where(aux))
       return losses.multi_similarity_loss(
           losses.cosine_similarity(global_), labels, **c.multisimilarity)
     if c.name == "proxyanchor":

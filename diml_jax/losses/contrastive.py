@@ -39,7 +39,7 @@ def contrastive_loss(
     Hadsell, Chopra, LeCun. Dimensionality Reduction by Learning an Invariant Mapping.
     CVPR 2006.
   """
-  distances, labels = miners._check_square("distances", distances, labels)
+  distances, labels = miners.check_square("distances", distances, labels)
   if pairs is None:
     pairs = miners.all_pairs(labels)
   if pairs.positive.shape != distances.shape or pairs.negative.shape != distances.shape:

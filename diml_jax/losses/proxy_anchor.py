@@ -66,7 +66,7 @@ def proxy_anchor_loss(
     Kim, Kim, Cho, Kwak. Proxy Anchor Loss for Deep Metric Learning. CVPR 2020, Sec. 3.
   """
   similarity = jnp.asarray(similarity)
-  labels = miners._check_labels(labels)
+  labels = miners.check_labels(labels)
   if similarity.ndim != 2 or similarity.shape[0] != labels.shape[0]:
     raise ValueError(
         f"similarity must be [b, n_classes] with b={labels.shape[0]} (the labels); got "

@@ -37,7 +37,7 @@ def triplet_loss(
   References:
     Schroff, Kalenichenko, Philbin. FaceNet. CVPR 2015, Sec. 3.
   """
-  distances, labels = miners._check_square("distances", distances, labels)
+  distances, labels = miners.check_square("distances", distances, labels)
   if triplets is None:
     triplets = miners.all_triplets(labels)
   b = labels.shape[0]
