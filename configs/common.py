@@ -26,7 +26,7 @@ RECALL_KS = {
 
 
 def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
-  """The training protocol of the DIML papers (MISSION.md) for one data set and loss.
+  """The training protocol of the DIML papers (ICCV 2021, Sec. 4; TPAMI 2023) for one data set and loss.
 
   Args:
     dataset: ``"cub"``, ``"cars"``, ``"sop"`` or ``"inshop"``.
@@ -72,8 +72,6 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.loss.name = loss             # a name of diml_jax.losses.registry.LOSSES
   c.loss.diml = diml
   c.loss.miner = "distance"      # tuple losses: distance, semihard, softhard, random, all
-  c.loss.marginals = "cross"     # or "uniform", or "rollout" (ViTs: attention rollout)
-  c.loss.partial_mass = 1.0      # p: matched fraction of part weight (partial similarity)
   c.loss.diversity_weight = 0.0  # DGML's diversity loss (model.head="grouping")
   # Each loss's settings, the published code's defaults (parameters.py of the DIML code).
   # Distance-weighted miner: nonzero_loss_cutoff 0 = off, as in the published code (Wu et
@@ -96,10 +94,16 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.loss.arcface = dict(margin=0.5, scale=16.0, lr=5e-4)
   c.loss.softmax = dict(temperature=0.05, lr=1e-5)
 
-  c.sinkhorn = ml_collections.ConfigDict()
-  c.sinkhorn.epsilon = 0.05
-  c.sinkhorn.threshold = 1e-3
-  c.sinkhorn.max_iterations = 100
+  # Structural matching (diml_jax.matching), as training, its losses, re-ranking, the
+  # evaluation and the report all use it.
+  c.matching = ml_collections.ConfigDict()
+  c.matching.marginals = "cross"   # or "uniform", or "weights" (ViTs: attention rollout)
+  c.matching.mass = 1.0            # p: matched fraction of part weight (partial similarity)
+  c.matching.epsilon = 0.05        # the rest: matching.SinkhornOptions, the papers' values
+  c.matching.threshold = 1e-3
+  c.matching.max_iterations = 100
+  c.matching.check_every = 10
+  c.matching.gradient = "constant"  # or "implicit" / "unroll": through the solver
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.lr = 1e-5           # backbone and embedding layer
@@ -165,8 +169,8 @@ def vit_diml(dataset: str, loss: str) -> ml_collections.ConfigDict:
   c.model.weights_key = "model"   # DeiT's .pth nests the state dict under "model"
   c.model.global_from = "feature_map"  # for a ViT: the embedded class token
   c.model.rollout_blocks = 4
-  c.loss.marginals = "rollout"
-  c.loss.partial_mass = 0.5
+  c.matching.marginals = "weights"
+  c.matching.mass = 0.5
   return c
 
 

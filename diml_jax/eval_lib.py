@@ -18,10 +18,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diml_jax import data, evaluation, experiment, explain, matching, partial, retrieval
+from diml_jax import data, evaluation, experiment, explain, matching, retrieval
 from diml_jax.data import images as image_lib
 from diml_jax.errors import UsageError
 from diml_jax.experiment import DATA_AXIS
+from diml_jax.losses import registry
 
 
 def model_variables(state: experiment.TrainState) -> dict:
@@ -85,7 +86,7 @@ def _outputs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   (none for DGML's grouping head) and, for rollout marginals, the part weights."""
   if config.model.head == "grouping":
     return ("global",)
-  if config.loss.marginals == "rollout":
+  if config.matching.marginals == "weights":
     return ("global", "local", "part_weights")
   return ("global", "local")
 
@@ -96,19 +97,20 @@ def _select(out, names: tuple[str, ...]) -> tuple:
 
 
 def rerank_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """How re-ranking matches a pair, from the config: marginals and partial mass."""
-  marginals = "weights" if config.loss.marginals == "rollout" else config.loss.marginals
-  return dict(marginals=marginals, mass=config.loss.partial_mass)
+  """How re-ranking matches a pair, from ``config.matching``: marginals, partial mass and
+  the solver's options."""
+  return dict(marginals=config.matching.marginals, mass=config.matching.mass,
+              options=registry.matching_options(config))
 
 
 def evaluate_embeddings(config: ml_collections.ConfigDict, embeddings: evaluation.Embeddings
                         ) -> dict[str, Any]:
-  """Global and multi-scale DIML retrieval metrics (MISSION.md step 6)."""
+  """Global and multi-scale DIML retrieval metrics (DIML, ICCV 2021, Sec. 3.4)."""
   return evaluation.evaluate(
       embeddings, ks=config.eval.ks, recall_ks=config.eval.recall_ks,
       include_query_in_r=config.eval.include_query_in_r,
       with_nmi=config.eval.with_nmi, seed=config.seed, progress=jax.process_index() == 0,
-      **rerank_options(config), **config.sinkhorn,
+      **rerank_options(config),
   )
 
 
@@ -127,7 +129,7 @@ def evaluate_model(config, model, variables: dict, dataset: data.Dataset, mesh: 
   :func:`diml_jax.feature_cache.embeddings`).
   """
   name = f"embeddings_grid{config.model.grid_size}_px{config.data.image_size}"
-  if config.loss.marginals == "rollout":
+  if config.matching.marginals == "weights":
     name += f"_rollout{config.model.rollout_blocks}"
   cache = os.path.join(out_dir, name + ".npz")
   cached = os.path.exists(cache)
@@ -182,7 +184,7 @@ def write_explanations(config: ml_collections.ConfigDict, dataset: data.Dataset,
   scores = retrieval.rerank_scores(
       x[queries], g[queries], x, g, nearest.indices,
       marginals=(w[queries], w) if rollout else options["marginals"], mass=options["mass"],
-      **config.sinkhorn)
+      options=options["options"])
   reranked = retrieval.multiscale_order(nearest.indices, scores, k=depth)
   grid = config.model.grid_size
 
@@ -193,10 +195,8 @@ def write_explanations(config: ml_collections.ConfigDict, dataset: data.Dataset,
 
   def match_pair(i, j):
     marginals = (w[i], w[j]) if rollout else options["marginals"]
-    if options["mass"] < 1:
-      return partial.partial_match(x[i], x[j], g[i], g[j], marginals=marginals,
-                                   mass=options["mass"], **config.sinkhorn)
-    return matching.match(x[i], x[j], g[i], g[j], marginals=marginals, **config.sinkhorn)
+    return matching.match(x[i], x[j], g[i], g[j], marginals=marginals, mass=options["mass"],
+                          options=options["options"])
 
   run = explain.RetrievalRun(
       queries=queries, global_neighbours=nearest.indices[:, :top_k],

@@ -16,6 +16,7 @@ References:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import time
@@ -24,7 +25,7 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from diml_jax import metrics, retrieval
+from diml_jax import matching, metrics, retrieval
 
 __all__ = [
     "DEFAULT_KS",
@@ -97,7 +98,7 @@ def evaluate(
     devices: Sequence[jax.Device] | None = None,
     across_processes: bool = True,
     progress: bool = True,
-    **sinkhorn_options,
+    options: matching.SinkhornOptions | None = None,
 ) -> dict[str, Any]:
   """Multi-scale retrieval metrics of a split, each item a query against the others.
 
@@ -132,8 +133,7 @@ def evaluate(
     marginals: ``"cross"`` (default), ``"uniform"``, or ``"weights"`` (the embeddings'
       part weights) for the structural matching.
     mass: ``p`` of partial similarity in re-ranking (1: ordinary matching); the
-      structural term is then the mean over the matched parts
-      (:func:`diml_jax.matching.pairwise`).
+      structural term is on the scale of :class:`diml_jax.matching.Matching`.
     with_nmi: compute NMI and F1 (k-means is the slowest step on a CPU for many classes).
     kmeans_iterations: Lloyd iterations of k-means.
     seed: seed of the k-means++ seeding.
@@ -146,7 +146,7 @@ def evaluate(
       ``False``: this process ranks every query alone (e.g. when only one process
       evaluates).
     progress: show progress bars.
-    **sinkhorn_options: options of :func:`diml_jax.matching.match` for re-ranking.
+    options: the solver's :class:`diml_jax.matching.SinkhornOptions` for re-ranking.
 
   Returns:
     A JSON-ready dict: ``"metrics"`` maps each ``K`` (as a string) to
@@ -187,7 +187,7 @@ def evaluate(
       x[queries], g[queries], x, g, neighbours.indices[:, :kmax],
       marginals=(weights[queries], weights) if marginals == "weights" else marginals,
       mass=mass, chunk_per_device=rerank_chunk_per_device, devices=devices,
-      progress=progress, **sinkhorn_options,
+      progress=progress, options=options,
   )
   seconds["structural_reranking"] = time.perf_counter() - t
   indices = neighbours.indices
@@ -230,7 +230,7 @@ def evaluate(
           "ks": ks, "recall_ks": list(recall_ks), "include_query_in_r": include_query_in_r,
           "marginals": marginals,
           "mass": mass, "with_nmi": with_nmi, "kmeans_iterations": kmeans_iterations,
-          "seed": seed, "sinkhorn_options": dict(sinkhorn_options),
+          "seed": seed, "matching_options": dataclasses.asdict(matching.check_options(options)),
       },
   }
 

@@ -45,7 +45,7 @@ PRETRAINED = ("resnet50", "efficientnet_lite0", "bninception")
 # Classifier keys of weight files, left out (the models have no classifier).
 _CLASSIFIERS = {"vit": ("head.",), "cnn": ("fc.", "_fc.", "last_linear.")}
 HEADS = ("embedding", "grouping")
-MARGINALS = ("cross", "uniform", "rollout")
+MARGINALS = ("cross", "uniform", "weights")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DATA_AXIS = "data"
 
@@ -55,12 +55,22 @@ def _one_of(name: str, value: Any, allowed) -> None:
     raise UsageError(f"--config.{name}={value!r} is not one of {tuple(allowed)}.")
 
 
+# Keys of earlier versions -> where they went.
+_MOVED = {"sinkhorn": "matching (epsilon, threshold, max_iterations, ...)",
+          "loss.marginals": "matching.marginals ('rollout' is now 'weights')",
+          "loss.partial_mass": "matching.mass"}
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Checks a config's values, so that a mistake fails at once and names the key.
 
   Raises:
     UsageError: a value is not allowed; the message names its key and the fix.
   """
+  for old, new in _MOVED.items():
+    section, _, key = old.rpartition(".")
+    if key in (config.get(section, {}) if section else config):
+      raise UsageError(f"--config.{old} has moved: set --config.{new} instead.")
   _one_of("data.name", config.data.name, data.NAMES)
   _one_of("data.source", config.data.source, ("files", "tfds"))
   if config.data.fallback:
@@ -113,24 +123,25 @@ def check_config(config: ml_collections.ConfigDict) -> None:
           "by the backbone in inference mode, but --config.model.frozen_bn=False would "
           "normalise each training batch by its own statistics: set "
           "--config.model.frozen_bn=True or --config.model.freeze_backbone=False.")
-    if loss.marginals == "rollout":
+    if config.matching.marginals == "weights":
       raise UsageError(
           "--config.model.freeze_backbone=True trains on cached feature maps, which do not "
-          "keep a ViT's attention rollout (--config.loss.marginals='rollout'): set "
-          "--config.loss.marginals=cross or --config.model.freeze_backbone=False.")
+          "keep a ViT's attention rollout (--config.matching.marginals='weights'): set "
+          "--config.matching.marginals=cross or --config.model.freeze_backbone=False.")
   _one_of("model.head", model.head, HEADS)
   registry.check(config)  # the loss's name, its miner, and whether it can train on DIML
-  _one_of("loss.marginals", loss.marginals, MARGINALS)
-  if loss.marginals == "rollout" and not vit:
+  _one_of("matching.marginals", config.matching.marginals, MARGINALS)
+  if config.matching.marginals == "weights" and not vit:
     raise UsageError(
-        f"--config.loss.marginals='rollout' weighs the parts by a ViT's attention rollout; "
-        f"{model.backbone!r} has no attention: choose a backbone of {VITS} or "
-        f"--config.loss.marginals=cross.")
-  mass = loss.partial_mass
+        f"--config.matching.marginals='weights' weighs the parts by a ViT's attention "
+        f"rollout; {model.backbone!r} has no attention: choose a backbone of {VITS} or "
+        f"--config.matching.marginals=cross.")
+  mass = config.matching.mass
   if isinstance(mass, bool) or not isinstance(mass, (int, float)) or not 0 < mass <= 1:
     raise UsageError(
-        f"--config.loss.partial_mass={mass!r} must be a number in (0, 1]: the fraction p of "
+        f"--config.matching.mass={mass!r} must be a number in (0, 1]: the fraction p of "
         f"each image's part weight that is matched (1 = ordinary matching).")
+  registry.matching_options(config)
   query_decay = config.optimizer.query_weight_decay
   if query_decay is not None:
     if model.head != "grouping":
@@ -156,8 +167,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise UsageError(
           f"--config.eval.ks={tuple(config.eval.ks)} re-ranks with parts, which the grouping "
           f"head has not: set --config.eval.ks='(0,)'.")
-    if loss.marginals == "rollout":
-      raise UsageError("--config.loss.marginals='rollout' needs model.head='embedding'.")
+    if config.matching.marginals == "weights":
+      raise UsageError("--config.matching.marginals='weights' needs model.head='embedding'.")
   elif loss.diversity_weight:
     raise UsageError(
         f"--config.loss.diversity_weight={loss.diversity_weight} is DGML's, for "

@@ -1,6 +1,6 @@
 """Multi-scale retrieval: global top-K neighbours, then structural re-ranking of the top K.
 
-DIML (ICCV 2021, Sec. 3.4; MISSION.md step 6) ranks the whole gallery by the cosine of
+DIML (ICCV 2021, Sec. 3.4) ranks the whole gallery by the cosine of
 the global vectors, then re-ranks only the first ``K`` items of each list by
 ``structural + global`` similarity; the items after ``K`` keep their global order. This
 module does that for many queries at once, without an ``n x n`` matrix in memory:
@@ -278,11 +278,11 @@ def _check_vectors(name: str, x: Any, layout: str = "[n, d]") -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _rerank_fn(mesh: Mesh, marginals: str, mass: float, options: tuple):
-  # One device's queries (and with "given" marginals their part weights ``qw``); the
-  # gallery (and its part weights ``gw``) replicated.
+def _rerank_fn(mesh: Mesh, marginals: str, mass: float, options: matching.SinkhornOptions):
+  # One device's queries (and with part weights, theirs: ``qw``); the gallery (and its
+  # part weights ``gw``) replicated.
   def local(ql, qg, candidates, *rest):
-    if marginals == "given":
+    if marginals == "weights":
       qw, gl, gg, gw = rest
       pair_marginals = (qw, gw)
     else:
@@ -290,11 +290,11 @@ def _rerank_fn(mesh: Mesh, marginals: str, mass: float, options: tuple):
       pair_marginals = marginals
     return matching.rerank(
         ql, gl, qg, gg, indices=candidates, quantity="similarity",
-        marginals=pair_marginals, mass=mass, **dict(options),
+        marginals=pair_marginals, mass=mass, options=options,
     )
 
-  per_query = 4 if marginals == "given" else 3
-  shared = 3 if marginals == "given" else 2
+  per_query = 4 if marginals == "weights" else 3
+  shared = 3 if marginals == "weights" else 2
   # OTT's Sinkhorn has a lax.cond whose branches differ in shard_map's varying-axis
   # types, so the check is off; every computation here is per device anyway.
   return jax.jit(jax.shard_map(
@@ -315,7 +315,7 @@ def rerank_scores(
     chunk_per_device: int | None = None,
     devices: Sequence[jax.Device] | None = None,
     progress: bool = False,
-    **sinkhorn_options,
+    options: matching.SinkhornOptions | None = None,
 ) -> np.ndarray:
   """DIML similarity ``(structural + global) / 2`` of each query with its candidates.
 
@@ -335,14 +335,14 @@ def rerank_scores(
     marginals: ``"cross"`` (default), ``"uniform"``, or part weights ``(query weights
       [q, r], gallery weights [n, r])``, e.g. ViT attention rollouts pooled to the grid
       (:func:`diml_jax.matching.rerank`).
-    mass: ``p`` of partial similarity; the structural term is then the mean over the
-      matched parts (:func:`diml_jax.matching.pairwise`). 1: ordinary matching.
+    mass: ``p`` of partial similarity; the structural term is on the scale of
+      :class:`diml_jax.matching.Matching` (the mean over the matched parts). 1: ordinary
+      matching.
     chunk_per_device: queries per device and step; default 16 on CPU, 128 on
       accelerators.
     devices: devices to split each chunk over; default all local devices.
     progress: show a progress bar.
-    **sinkhorn_options: options of :func:`diml_jax.matching.match` (``epsilon``,
-      ``threshold``, ``max_iterations``, ``block_size``, ...).
+    options: the solver's :class:`diml_jax.matching.SinkhornOptions`.
 
   Returns:
     ``[q, k]`` float32.
@@ -381,8 +381,8 @@ def rerank_scores(
     return np.zeros((q, 0), np.float32)
   mesh = _mesh(devices)
   replicated = NamedSharding(mesh, P())
-  fn = _rerank_fn(mesh, "given" if per_query_weights else marginals,
-                  matching._check_mass(mass), tuple(sorted(sinkhorn_options.items())))
+  fn = _rerank_fn(mesh, "weights" if per_query_weights else marginals,
+                  matching.check_mass(mass), matching.check_options(options))
   return _chunked(
       fn, [ql.astype(np.float32, copy=False), qg.astype(np.float32, copy=False),
            candidates.astype(np.int32), *per_query_weights],
@@ -403,7 +403,7 @@ def _multiscale_order(indices, scores, *, k):
 def multiscale_order(indices: Any, scores: Any, *, k: int) -> np.ndarray:
   """Ranked lists with their first ``k`` items re-sorted by ``scores``.
 
-  Multi-scale retrieval (MISSION.md step 6): positions ``0..k-1`` are ordered by
+  Multi-scale retrieval (DIML, ICCV 2021, Sec. 3.4): positions ``0..k-1`` are ordered by
   decreasing score (equal scores keep their global order); positions from ``k`` on are
   unchanged. ``k = 0`` is the global ranking.
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from diml_jax import evaluation, matching, partial
+from diml_jax import evaluation, matching
 
 
 def brute_evaluate(g, labels, reorder=None, include_query_in_r=False, recall_ks=(1, 2, 4, 8)):
@@ -135,9 +135,9 @@ def test_evaluate_rejects_bad_embeddings(tmp_path):
 
 
 def test_part_weights_and_partial_mass_rerank_as_partial_matching(tmp_path):
-  """marginals="weights" with mass p: the first K re-sorted by partial_match's similarity
-  (with the embeddings' part weights as marginals) / p + global, pair by pair; the
-  weights survive the cache."""
+  """marginals="weights" with mass p: the first K re-sorted by match(mass=p)'s similarity
+  (with the embeddings' part weights as marginals) + global, pair by pair; the weights
+  survive the cache."""
   rng = np.random.default_rng(6)
   n, r, c, p, k = 24, 4, 8, 0.5, 5
   labels = rng.integers(0, 6, n)
@@ -153,8 +153,8 @@ def test_part_weights_and_partial_mass_rerank_as_partial_matching(tmp_path):
                             progress=False)
 
   def reorder(i, ranked):
-    total = {j: float(partial.partial_match(x[i], x[j], g[i], g[j], mass=p,
-                                            marginals=(w[i], w[j])).similarity) / p
+    total = {j: float(matching.match(x[i], x[j], g[i], g[j], mass=p,
+                                     marginals=(w[i], w[j])).similarity)
              + float(gn[i] @ gn[j]) for j in ranked[:k]}
     return sorted(ranked[:k], key=lambda j: -total[j]) + ranked[k:]
 

@@ -61,7 +61,8 @@ def numpy_match(x, y, epsilon=0.05):
       break
   flow = u[:, None] * kernel * v
   return matching.Matching(similarity=(flow * s).sum(), flow=flow, part_similarity=s, mu=mu,
-                           nu=nu, iterations=None, error=None)
+                           nu=nu, mass=np.float64(1.0), iterations=None,
+                           error=None)
 
 
 def numpy_real_match(a, b, grid_a, grid_b):

@@ -204,9 +204,10 @@ def test_a_resumed_frozen_run_ends_with_the_same_parameters(tmp_path, monkeypatc
 def test_frozen_backbone_config_errors():
   with pytest.raises(ValueError, match="frozen_bn=True"):
     experiment.check_config(frozen_config(**{"model.frozen_bn": False}))
-  with pytest.raises(ValueError, match="marginals='rollout'"):
+  with pytest.raises(ValueError, match="marginals='weights'"):
     experiment.check_config(frozen_config(**{
-        "model.backbone": "vit_tiny", "model.rollout_blocks": 1, "loss.marginals": "rollout"}))
+        "model.backbone": "vit_tiny", "model.rollout_blocks": 1,
+        "matching.marginals": "weights"}))
 
 
 @pytest.mark.slow

@@ -18,12 +18,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diml_jax import losses, miners
+from diml_jax import losses, matching, miners
 
 B, R, C = 12, 4, 8
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 4, 5])  # classes 4 and 5 have one image
 N_CLASSES = 6
-TIGHT = dict(threshold=1e-5, max_iterations=3000)  # Sinkhorn options for diml_jax
+TIGHT = matching.SinkhornOptions(threshold=1e-5, max_iterations=3000)  # for diml_jax
 
 
 def features(seed=0, b=B, labels=LABELS):
@@ -335,7 +335,7 @@ def test_multi_similarity_diml_matches_reference():
   """End to end through the matching: features -> DIML similarity of all pairs -> loss."""
   x = features(4)
   q = Quantities(x, structural=True)
-  check(lambda a: losses.multi_similarity_diml(a, LABELS, sinkhorn=TIGHT), (jnp.asarray(x),),
+  check(lambda a: losses.multi_similarity_diml(a, LABELS, options=TIGHT), (jnp.asarray(x),),
         ref_multi_similarity(q, LABELS, "complete_anchors"), q.leaf)
 
 
@@ -346,7 +346,7 @@ def test_margin_diml_matches_reference():
   beta = torch.tensor(BETA, requires_grad=True)
   partners = picks(losses.euclidean_distance(jnp.asarray(x).mean(1)))
   assert len(partners) == 2 * B - 2  # the two singletons have no positive
-  check(lambda a, bt: losses.margin_diml(a, LABELS, bt, KEY, sinkhorn=TIGHT),
+  check(lambda a, bt: losses.margin_diml(a, LABELS, bt, KEY, options=TIGHT),
         (jnp.asarray(x), jnp.asarray(BETA, jnp.float32)),
         ref_margin(q, LABELS, beta, partners), [q.leaf, beta])
 
@@ -366,12 +366,12 @@ def test_structural_quantities_match_reference():
   want = reference_matrices(x, proxies)
   xj = jnp.asarray(x)
   off = ~np.eye(B, dtype=bool)
-  got = losses.structural_matrix(xj, quantity="similarity", **TIGHT)
+  got = losses.structural_matrix(xj, quantity="similarity", options=TIGHT)
   np.testing.assert_allclose(np.asarray(got)[off], want["similarity"][off], atol=2e-5)
   partners = (np.arange(B)[:, None] + np.array([[1, 5, 7]])) % B
-  got = losses.structural_partners(xj, jnp.asarray(partners), **TIGHT)
+  got = losses.structural_partners(xj, jnp.asarray(partners), options=TIGHT)
   np.testing.assert_allclose(got, np.take_along_axis(want["distance"], partners, 1), atol=2e-5)
-  got = losses.structural_matrix(xj, y=jnp.asarray(proxies, jnp.float32), **TIGHT)
+  got = losses.structural_matrix(xj, y=jnp.asarray(proxies, jnp.float32), options=TIGHT)
   np.testing.assert_allclose(got, want["proxy"], atol=2e-5)
 
 

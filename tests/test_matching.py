@@ -27,9 +27,11 @@ def _probability(w):
 
 def reference(x, y, gx=None, gy=None, marginals="cross", tol=1e-13):
   """float64 DIML matching of one pair: returns (similarity, T, S, mu, nu)."""
-  x, y = _unit(np.asarray(x, np.float64)), _unit(np.asarray(y, np.float64))
-  gx = _unit(x.mean(0)) if gx is None else _unit(np.asarray(gx, np.float64))
-  gy = _unit(y.mean(0)) if gy is None else _unit(np.asarray(gy, np.float64))
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  # The default global vector: the mean of the raw local features (the published code's).
+  gx = _unit(x.mean(0) if gx is None else np.asarray(gx, np.float64))
+  gy = _unit(y.mean(0) if gy is None else np.asarray(gy, np.float64))
+  x, y = _unit(x), _unit(y)
   S = x @ y.T
   if marginals == "cross":
     mu, nu = _probability(x @ gy), _probability(y @ gx)
@@ -109,7 +111,8 @@ def test_defaults_match_reference_on_typical_features(kind, r1, r2):
 @pytest.mark.parametrize("kind", ["moved parts", "half shared", "clustered"])
 def test_tight_threshold_matches_reference_on_structured_features(kind):
   xs, ys = batch(kind, 12, seed=7)
-  m = matching.match(xs, ys, threshold=1e-4, max_iterations=1000)
+  m = matching.match(xs, ys, options=matching.SinkhornOptions(threshold=1e-4,
+                                                          max_iterations=1000))
   check_against_reference(m, xs, ys, sim_tol=1e-4)
   for err in marginal_errors(m):
     assert err.max() < 1e-3
@@ -130,13 +133,16 @@ def test_defaults_on_structured_features_report_their_error(kind):
   assert np.all(np.asarray(m.iterations)[~converged] == 100)
 
 
+FINE = matching.SinkhornOptions(threshold=1e-5)
+
+
 def test_uniform_and_given_marginals_match_reference():
   xs, ys = batch("relu", 4, seed=3, r1=9, r2=16)
-  m = matching.match(xs, ys, marginals="uniform", threshold=1e-5)
+  m = matching.match(xs, ys, marginals="uniform", options=FINE)
   check_against_reference(m, xs, ys, sim_tol=1e-5, flow_tol=1e-5, marginals="uniform")
   rng = np.random.default_rng(0)
   mu, nu = rng.uniform(size=(4, 9)), rng.uniform(size=(4, 16))
-  m = matching.match(xs, ys, marginals=(mu, nu), threshold=1e-5)
+  m = matching.match(xs, ys, marginals=(mu, nu), options=FINE)
   check_against_reference(m, xs, ys, sim_tol=1e-5, flow_tol=1e-5, marginals=(mu, nu))
 
 
@@ -176,35 +182,38 @@ def test_broadcasting_matches_pair_by_pair():
       assert abs(float(m.similarity[i, j]) - reference(x[i, 0], y[0, j])[0]) < 1e-4
 
 
+BLOCK16 = matching.SinkhornOptions(block_size=16)
+
+
 def test_pairwise_and_rerank_agree_with_match_and_reference():
   rng = np.random.default_rng(6)
   xs = np.maximum(rng.normal(size=(10, 16, 32)), 0).astype(np.float32)
   ys = np.maximum(rng.normal(size=(7, 16, 32)), 0).astype(np.float32)
   # Tiny blocks, so the tiling, the padding and several row and column tiles all run.
-  p = matching.pairwise(xs, ys, block_size=16)
+  p = matching.pairwise(xs, ys, options=BLOCK16)
   assert p.shape == (10, 7)
   full = matching.match(xs[:, None], ys[None]).similarity
   np.testing.assert_allclose(p, full, atol=1e-5)
   for i, j in [(0, 0), (3, 6), (9, 2)]:
     assert abs(float(p[i, j]) - reference(xs[i], ys[j])[0]) < 1e-4
   cand = ys[rng.integers(0, 7, size=(10, 5))]  # [10, 5, 16, 32]
-  rr = matching.rerank(xs, cand, block_size=16)
+  rr = matching.rerank(xs, cand, options=BLOCK16)
   assert rr.shape == (10, 5)
   np.testing.assert_allclose(rr, matching.match(xs[:, None], cand).similarity, atol=1e-5)
   # Candidates as gallery indices, gathered tile by tile: the same scores.
   idx = rng.integers(0, 7, size=(10, 5))
   gys = rng.normal(size=(7, 32)).astype(np.float32)
   np.testing.assert_allclose(
-      matching.rerank(xs, ys, gc=gys, indices=idx, quantity="similarity", block_size=16),
-      matching.rerank(xs, ys[idx], gc=gys[idx], quantity="similarity", block_size=16),
+      matching.rerank(xs, ys, gc=gys, indices=idx, quantity="similarity", options=BLOCK16),
+      matching.rerank(xs, ys[idx], gc=gys[idx], quantity="similarity", options=BLOCK16),
       atol=1e-6)
-  d = matching.pairwise(xs, ys, quantity="distance", block_size=16)
+  d = matching.pairwise(xs, ys, quantity="distance", options=BLOCK16)
   np.testing.assert_allclose(
       d, matching.diml_distance(xs[:, None], ys[None]), atol=1e-5)
 
 
 # Tight enough that the ordered pairs (a, b) and (b, a) of the full path agree to 1e-5.
-TIGHT = dict(threshold=1e-6, max_iterations=2000)
+TIGHT = matching.SinkhornOptions(threshold=1e-6, max_iterations=2000)
 
 
 @pytest.mark.parametrize("quantity,marginals,mass", [
@@ -221,7 +230,7 @@ def test_symmetric_pairwise_solves_each_unordered_pair_once_like_the_full_path(
   w = rng.uniform(size=(11, 8)).astype(np.float32)
   sym_m, full_m = (w, (w, w)) if marginals == "weights" else (marginals, marginals)
   # block_size 16: blocks of 3 items (the last one padded), 10 tiles of block pairs.
-  kw = dict(quantity=quantity, mass=mass, block_size=16, **TIGHT)
+  kw = dict(quantity=quantity, mass=mass, options=TIGHT.replace(block_size=16))
   sym = np.asarray(jax.jit(lambda x, g: matching.pairwise(x, None, g, marginals=sym_m, **kw))(
       xs, gxs))
   full = np.asarray(matching.pairwise(xs, xs, gxs, gxs, marginals=full_m, **kw))
@@ -254,7 +263,7 @@ def test_symmetric_pairwise_covers_every_pair_once_for_any_tiling(n, block_size)
   """Block I meets blocks I .. I + nb // 2 (cyclically): every pair, whatever the tiling."""
   rng = np.random.default_rng(n)
   xs = np.maximum(rng.normal(size=(n, 4, 8)), 0).astype(np.float32)
-  kw = dict(block_size=block_size, **TIGHT)
+  kw = dict(options=TIGHT.replace(block_size=block_size))
   sym = np.asarray(matching.pairwise(xs, **kw))
   np.testing.assert_array_equal(sym, sym.T)
   np.testing.assert_allclose(sym, matching.pairwise(xs, xs, **kw), atol=1e-5)
@@ -284,7 +293,7 @@ def test_symmetric_pairwise_gradient_equals_the_full_path(quantity):
     # turns the rounding of S_ii (which differs with the order of the contraction) into
     # gradient differences of ~3e-5; the losses mask that diagonal.
     weights = weights * (1.0 - jnp.eye(6))
-  kw = dict(quantity=quantity, block_size=8, **TIGHT)
+  kw = dict(quantity=quantity, options=TIGHT.replace(block_size=8))
   sym = jax.grad(lambda x, g: jnp.sum(weights * matching.pairwise(x, None, g, **kw)),
                  argnums=(0, 1))(xs, gxs)
   full = jax.grad(lambda x, g: jnp.sum(weights * matching.pairwise(x, x, g, g, **kw)),
@@ -298,14 +307,15 @@ def test_result_of_a_pair_does_not_depend_on_its_block():
   """Converged pairs are frozen, so tiling (and sharding) cannot change a result."""
   xs, ys = batch("half shared", 24, seed=9)
   x = np.concatenate([xs, ys])  # hard pairs mixed with easy ones
-  a = matching.pairwise(x, x, block_size=7)
-  b = matching.pairwise(x, x, block_size=256)
+  a = matching.pairwise(x, x, options=matching.SinkhornOptions(block_size=7))
+  b = matching.pairwise(x, x, options=matching.SinkhornOptions(block_size=256))
   np.testing.assert_allclose(a, b, atol=2e-6)
 
 
 def test_jit_vmap_and_fixed_iterations():
   xs, ys = batch("gaussian", 4, seed=8)
-  m = jax.jit(lambda a, b: matching.match(a, b, threshold=None, max_iterations=30))(xs, ys)
+  m = jax.jit(lambda a, b: matching.match(
+      a, b, options=matching.SinkhornOptions(threshold=None, max_iterations=30)))(xs, ys)
   assert np.all(np.asarray(m.iterations) == 30)
   v = jax.vmap(lambda a, b: matching.structural_similarity(a, b))(xs, ys)
   np.testing.assert_allclose(v, matching.match(xs, ys).similarity, atol=1e-5)
@@ -313,19 +323,25 @@ def test_jit_vmap_and_fixed_iterations():
 
 def test_log_domain_mode_agrees():
   xs, ys = batch("relu", 4, seed=12)
-  a = matching.match(xs, ys, lse_mode=True).similarity
+  a = matching.match(xs, ys, options=matching.SinkhornOptions(lse_mode=True)).similarity
   b = matching.match(xs, ys).similarity
   np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_small_epsilon_stays_finite_in_kernel_mode():
   xs, ys = batch("gaussian", 4, seed=13)
-  m = matching.match(xs, ys, epsilon=0.01, max_iterations=300)
+  m = matching.match(xs, ys, options=matching.SinkhornOptions(epsilon=0.01,
+                                                              max_iterations=300))
   assert np.all(np.isfinite(m.flow)) and np.all(np.isfinite(m.similarity))
   np.testing.assert_allclose(np.asarray(m.flow).sum((-2, -1)), 1.0, atol=1e-3)
 
 
 # --- gradients --------------------------------------------------------------------------
+def precise(gradient):
+  return matching.SinkhornOptions(gradient=gradient, threshold=1e-5, max_iterations=2000,
+                                  check_every=10)
+
+
 def _directional(f, x, v, h=1e-5):
   return (f(x + h * v) - f(x - h * v)) / (2 * h)
 
@@ -353,15 +369,15 @@ def test_solver_gradients_match_finite_differences(mode):
     v = rng.normal(size=x.shape)
     want = _directional(lambda a: reference(a, y64)[0], x.astype(np.float64), v)
     g = jax.grad(lambda a: matching.structural_similarity(
-        a, jnp.asarray(y, jnp.float32), gradient=mode, threshold=1e-5, max_iterations=2000,
-        check_every=10))(jnp.asarray(x, jnp.float32))
+        a, jnp.asarray(y, jnp.float32), options=precise(mode)))(jnp.asarray(x, jnp.float32))
     assert abs(float(jnp.vdot(g, v)) - want) < 2e-3 * max(1.0, abs(want)), (k, want)
 
 
 def test_gradients_are_finite_on_degenerate_inputs():
   zeros = jnp.zeros((16, 8))
   for mode in ["constant", "implicit", "unroll"]:
-    g = jax.grad(lambda a: matching.diml_distance(a, zeros, gradient=mode))(zeros)
+    g = jax.grad(lambda a: matching.diml_distance(
+        a, zeros, options=matching.SinkhornOptions(gradient=mode)))(zeros)
     assert np.all(np.isfinite(g)), mode
 
 
@@ -413,9 +429,11 @@ def test_half_precision_inputs_are_matched_in_float32(dtype):
      "gx must have shape"),
     (lambda: matching.match(np.ones((4, 8)), np.ones((4, 8)), marginals="crosss"),
      "marginals must be"),
-    (lambda: matching.match(np.ones((4, 8)), np.ones((4, 8)), epsilon=0.0), "epsilon"),
-    (lambda: matching.match(np.ones((4, 8)), np.ones((4, 8)), gradient="exact"), "gradient"),
-    (lambda: matching.match(np.ones((4, 8)), np.ones((4, 8)), threshold=0.0), "threshold"),
+    (lambda: matching.SinkhornOptions(epsilon=0.0), "epsilon"),
+    (lambda: matching.SinkhornOptions(gradient="exact"), "gradient"),
+    (lambda: matching.SinkhornOptions(threshold=0.0), "threshold"),
+    (lambda: matching.match(np.ones((4, 8)), np.ones((4, 8)), options={"epsilon": 0.1}),
+     "options must be a matching.SinkhornOptions"),
     (lambda: matching.match(np.ones((4, 8), np.int32), np.ones((4, 8))), "floating-point"),
     (lambda: matching.pairwise(np.ones((2, 3, 4, 8)), np.ones((3, 4, 8))),
      r"xs must be local features \[n, r1, c\]"),
@@ -436,7 +454,7 @@ def test_bad_arguments_raise_clear_errors(call, message):
 
 def test_docstring_example_runs():
   import doctest
-  result = doctest.testmod(matching, raise_on_error=False, verbose=False)
+  result = doctest.testmod(matching.api, raise_on_error=False, verbose=False)
   assert result.attempted >= 4 and result.failed == 0
 
 
@@ -458,12 +476,12 @@ def test_solver_gradients_are_finite_with_zero_mass_parts(mode):
   m = matching.match(x.astype(np.float32), y.astype(np.float32))
   assert np.any(np.asarray(m.mu) == 0) and np.any(np.asarray(m.nu) == 0)
   g = jax.grad(lambda a: matching.structural_similarity(
-      a, jnp.asarray(y, jnp.float32), gradient=mode))(jnp.asarray(x, jnp.float32))
+      a, jnp.asarray(y, jnp.float32), options=matching.SinkhornOptions(gradient=mode)))(
+          jnp.asarray(x, jnp.float32))
   assert np.all(np.isfinite(g))
   # And it is still the gradient of the converged similarity.
   v = rng.normal(size=x.shape)
   want = _directional(lambda a: reference(a, y.astype(np.float64))[0], x.astype(np.float64), v)
   g = jax.grad(lambda a: matching.structural_similarity(
-      a, jnp.asarray(y, jnp.float32), gradient=mode, threshold=1e-5, max_iterations=2000,
-      check_every=10))(jnp.asarray(x, jnp.float32))
+      a, jnp.asarray(y, jnp.float32), options=precise(mode)))(jnp.asarray(x, jnp.float32))
   assert abs(float(jnp.vdot(g, v)) - want) < 5e-3 * max(1.0, abs(want)), want

@@ -2,7 +2,7 @@
 and DGML's attentive grouping.
 
 Default tier: the losses the training step computes against references written here (a
-float64 NumPy attention rollout and partial_match pair by pair; the per-group losses plus
+float64 NumPy attention rollout and match(mass=p) pair by pair; the per-group losses plus
 a NumPy diversity loss), the weight file reached from the config, and the config checks.
 Slow tier: short training runs of each on the synthetic set, and the ViT step on 8 devices.
 """
@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from configs import cars_dgml, cub_dgml, cub_vit_diml, inshop_dgml, sop_dgml
-from diml_jax import eval_lib, experiment, losses, models, partial, train_lib
-from diml_jax.models.head import grid_pool_matrix
+from diml_jax import eval_lib, experiment, losses, matching, models, train_lib
+from diml_jax.models.grid import grid_pool_matrix
 from tests.models.torch_reference import TorchViT
 from tests.test_train import (single_axis_mesh, step_on_1_and_8_devices, tiny_config,
                               train_on_one_batch)
@@ -30,7 +30,7 @@ def vit_config(**overrides):
   """ViT-tiny + DIML: rollout marginals over the last 2 of 3 blocks, half the mass matched."""
   return tiny_config(**{
       "model.backbone": "vit_tiny", "data.image_size": 48, "data.resize_size": 48,
-      "loss.marginals": "rollout", "loss.partial_mass": MASS, "model.rollout_blocks": 2,
+      "matching.marginals": "weights", "matching.mass": MASS, "model.rollout_blocks": 2,
       "model.global_from": "feature_map", **overrides})
 
 
@@ -83,7 +83,7 @@ def test_vit_part_weights_are_the_truncated_rollout_pooled_to_the_grid(vit_outpu
 
 
 def _reference_matrices(global_, aux):
-  """DIML similarity and distance of every pair from partial_match with float64-rollout
+  """DIML similarity and distance of every pair from match(mass=p) with float64-rollout
   marginals: (sum T*S / p + cos) / 2 and (sum T*D / p + ||g_a - g_b||) / 2."""
   local = np.asarray(aux["local"])
   weights = rollout_float64(aux["attentions"], last=2).reshape(8, 3, 3)
@@ -94,12 +94,12 @@ def _reference_matrices(global_, aux):
   similarity, distance = np.zeros((8, 8)), np.zeros((8, 8))
   for a in range(8):
     for b in range(8):
-      m = partial.partial_match(local[a], local[b], global_[a], global_[b], mass=MASS,
-                                marginals=(weights[a], weights[b]))
+      m = matching.match(local[a], local[b], global_[a], global_[b], mass=MASS,
+                         marginals=(weights[a], weights[b]))
       s, flow = np.asarray(m.part_similarity, np.float64), np.asarray(m.flow, np.float64)
       local_d = np.sqrt(np.maximum(2 - 2 * s, 0) + 1e-8)
       global_d = np.sqrt(max(2 - 2 * g[a] @ g[b], 0) + 1e-8)
-      similarity[a, b] = (float(m.similarity) / MASS + g[a] @ g[b]) / 2
+      similarity[a, b] = (float(m.similarity) + g[a] @ g[b]) / 2
       distance[a, b] = ((flow * local_d).sum() / MASS + global_d) / 2
   return similarity, distance
 
@@ -191,9 +191,11 @@ def test_vit_weights_file_is_loaded_from_the_config(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"loss.marginals": "rollout"}, r"'efficientnet_lite_tiny' has no attention"),
-    ({"loss.partial_mass": 0.0}, r"config.loss.partial_mass=0.0 must be a number in \(0, 1\]"),
-    ({"loss.partial_mass": 1.5}, r"config.loss.partial_mass=1.5"),
+    ({"matching.marginals": "weights"}, r"'efficientnet_lite_tiny' has no attention"),
+    ({"matching.mass": 0.0}, r"config.matching.mass=0.0 must be a number in \(0, 1\]"),
+    ({"matching.mass": 1.5}, r"config.matching.mass=1.5"),
+    ({"matching.epsilon": 0.0}, r"config.matching: epsilon must be a Python number > 0"),
+    ({"matching.gradient": "exact"}, r"config.matching: gradient must be 'constant'"),
     ({"model.rollout_blocks": 2}, r"rollout_blocks=2 applies to ViT backbones"),
     ({"model.backbone": "vit_tiny", "model.rollout_blocks": 4},
      r"rollout_blocks=4 must be an integer in 0..3"),
@@ -221,14 +223,29 @@ def test_bad_values_of_the_new_keys_are_named(overrides, message):
     experiment.check_config(tiny_config(**overrides))
 
 
+@pytest.mark.parametrize("section, key, new", [
+    ("", "sinkhorn", r"--config.sinkhorn has moved: set --config.matching \(epsilon"),
+    ("loss", "marginals",
+     r"--config.loss.marginals has moved: set --config.matching.marginals"),
+    ("loss", "partial_mass", r"--config.loss.partial_mass has moved: set --config.matching.mass"),
+])
+def test_keys_of_earlier_versions_name_their_new_place(section, key, new):
+  config = tiny_config()
+  with config.unlocked():
+    (config[section] if section else config)[key] = {} if key == "sinkhorn" else 1.0
+  with pytest.raises(ValueError, match=new):
+    experiment.check_config(config)
+
+
 def test_the_two_configs_pass_the_checks():
   vit = cub_vit_diml.get_config()
   with pytest.raises(ValueError, match="model.weights"):  # no DeiT file given
     experiment.check_config(vit)
   vit.model.pretrained = False
   experiment.check_config(vit)
-  assert (vit.model.backbone, vit.loss.marginals, vit.loss.diml) == ("vit_s16", "rollout", True)
-  assert 0 < vit.loss.partial_mass < 1 and vit.model.rollout_blocks > 0
+  assert (vit.model.backbone, vit.matching.marginals, vit.loss.diml) == (
+      "vit_s16", "weights", True)
+  assert 0 < vit.matching.mass < 1 and vit.model.rollout_blocks > 0
   dgml = cub_dgml.get_config()
   experiment.check_config(dgml)
   assert (dgml.model.head, dgml.model.num_groups, dgml.loss.diversity_weight) == (

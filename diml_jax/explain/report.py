@@ -1,7 +1,7 @@
 """A self-contained HTML report of a retrieval run: global top-k next to DIML's re-ranking.
 
 For each sampled query the report shows the query, its top ``k`` by global cosine and its
-top ``k`` after DIML's structural re-ranking (MISSION.md step 6), each result framed green
+top ``k`` after DIML's structural re-ranking (ICCV 2021, Sec. 3.4), each result framed green
 (same class as the query) or red (another class). Every result links to the flow figure of
 its pair (:func:`~diml_jax.explain.figures.flow_figure`). All of it is one HTML file:
 images are ``data:`` URIs, and the figures are sections of the same page shown by the CSS

@@ -4,7 +4,7 @@ For a pair at distance ``d`` whose anchor has class ``y``: ``relu(d - beta_y + m
 for a positive, ``relu(beta_y - d + margin)`` for a negative; the batch loss is the sum over
 the selected pairs divided by the number of nonzero terms (Wu et al. 2017; the DIML and
 Roth et al. code). DIML trains it on the distance ``(sum T⊙D + ||g_a - g_b||) / 2`` of the
-pairs that distance-weighted sampling picks on the global vectors (MISSION.md step 7).
+pairs that distance-weighted sampling picks on the global vectors (the published ``criteria/margin_diml.py``).
 
 **beta has its own learning rate.** ``beta`` is an ordinary ``[n_classes]`` array; keep it
 in its own branch of the parameter pytree and give that branch its own optimiser, e.g.::
@@ -19,13 +19,11 @@ in its own branch of the parameter pytree and give that branch its own optimiser
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from diml_jax import miners
+from diml_jax import matching, miners
 from diml_jax.losses import quantities
 from diml_jax.losses._reduce import LossOutput, average_nonzero
 
@@ -159,7 +157,7 @@ def margin_diml(
     mass: float = 1.0,
     mesh: Mesh | None = None,
     axis_name: str | tuple[str, ...] = "data",
-    sinkhorn: Mapping[str, Any] | None = None,
+    options: matching.SinkhornOptions | None = None,
 ) -> LossOutput:
   """Margin loss with DIML: the papers' ``margin_diml`` criterion, batched.
 
@@ -185,15 +183,9 @@ def margin_diml(
     margin: see :func:`margin_loss`.
     cutoff: see :func:`miners.distance_weighted`.
     nonzero_loss_cutoff: see :func:`miners.distance_weighted`.
-    marginals: ``"cross"`` (default) or ``"uniform"`` (the published ``use_uniform``), or
-      each image's part weights ``[b, r]`` (e.g. ViT attention rollout;
-      :func:`quantities.structural_matrix`).
-    mass: ``p`` of partial similarity (1: ordinary matching; see
-      :func:`quantities.structural_matrix`).
-    mesh: device mesh to split the matching over (see :mod:`quantities`), or ``None``.
-    axis_name: the mesh axis the batch is split along.
-    sinkhorn: Sinkhorn options of :func:`matching.match` (e.g.
-      ``{"threshold": 1e-4}``); the defaults are the papers'.
+    marginals, mass, options, mesh, axis_name: how the pairs are matched (``"uniform"``
+      marginals are the published ``use_uniform``) and split over devices; see
+      :func:`quantities.structural_matrix`.
 
   Returns:
     :class:`LossOutput` of :func:`margin_loss`.
@@ -202,12 +194,12 @@ def margin_diml(
     Zhao, Rao, Wang, Lu, Zhou. Towards Interpretable Deep Metric Learning with Structural
     Matching. ICCV 2021, Sec. 3.4.
   """
-  local_features = quantities._check_locals("local_features", local_features)
+  local_features = quantities.check_locals("local_features", local_features)
   labels = miners.check_labels(labels, local_features.shape[0])
-  g = quantities._globals("global_features", global_features, local_features)
+  g = quantities.global_vectors("global_features", global_features, local_features)
   picked = _sample(key, g, labels, cutoff, nonzero_loss_cutoff)
   d = quantities.structural_partners(
       local_features, picked.partners, g, quantity="distance", marginals=marginals,
-      mass=mass, mesh=mesh, axis_name=axis_name, **(sinkhorn or {}),
+      mass=mass, mesh=mesh, axis_name=axis_name, options=options,
   )
   return margin_loss(d, labels, beta, margin=margin, pairs=picked.pairs)

@@ -8,18 +8,18 @@ Per anchor ``i``, over the pairs kept by :func:`miners.multi_similarity`:
   + \\frac{1}{\\beta} \\log\\Big(1 + \\sum_{n} e^{\\beta (s_{in} - \\lambda)}\\Big)
 
 with ``alpha = pos_weight`` (2), ``beta = neg_weight`` (40), ``lambda = threshold`` (0.5)
-and mining margin 0.1 (MISSION.md step 7). DIML uses the similarity
-``(sum T⊙S + <g_a, g_b>) / 2`` of every pair of the batch.
+and mining margin 0.1 (the published DIML code, ``criteria/multisimilarity_diml.py``).
+DIML uses the similarity ``(sum T⊙S + <g_a, g_b>) / 2`` of every pair of the batch.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from diml_jax import miners
+from diml_jax import matching, miners
 from diml_jax.losses import quantities
 from diml_jax.losses._reduce import LossOutput, log1p_sum_exp
 
@@ -104,7 +104,7 @@ def multi_similarity_diml(
     mass: float = 1.0,
     mesh: Mesh | None = None,
     axis_name: str | tuple[str, ...] = "data",
-    sinkhorn: Mapping[str, Any] | None = None,
+    options: matching.SinkhornOptions | None = None,
 ) -> LossOutput:
   """Multi-similarity loss with DIML: the papers' ``multisimilarity_diml`` criterion.
 
@@ -118,14 +118,8 @@ def multi_similarity_diml(
     global_features: ``[b, c]``; by default the mean of the local features (as published).
     pos_weight, neg_weight, margin, threshold, reduction: see
       :func:`multi_similarity_loss`.
-    marginals: ``"cross"`` (default) or ``"uniform"``, or each image's part weights
-      ``[b, r]`` (e.g. ViT attention rollout; :func:`quantities.structural_matrix`).
-    mass: ``p`` of partial similarity (1: ordinary matching; see
-      :func:`quantities.structural_matrix`).
-    mesh: device mesh to split the matching over, or ``None``.
-    axis_name: the mesh axis the batch is split along.
-    sinkhorn: Sinkhorn options of :func:`matching.match` (e.g.
-      ``{"threshold": 1e-4}``); the defaults are the papers'.
+    marginals, mass, options, mesh, axis_name: how the pairs are matched and split over
+      devices; see :func:`quantities.structural_matrix`.
 
   Returns:
     :class:`LossOutput` of :func:`multi_similarity_loss`.
@@ -134,11 +128,11 @@ def multi_similarity_diml(
     Zhao, Rao, Wang, Lu, Zhou. Towards Interpretable Deep Metric Learning with Structural
     Matching. ICCV 2021, Sec. 3.4.
   """
-  local_features = quantities._check_locals("local_features", local_features)
+  local_features = quantities.check_locals("local_features", local_features)
   labels = miners.check_labels(labels, local_features.shape[0])
   s = quantities.structural_matrix(
       local_features, global_features, quantity="similarity", marginals=marginals,
-      mass=mass, mesh=mesh, axis_name=axis_name, **(sinkhorn or {}),
+      mass=mass, mesh=mesh, axis_name=axis_name, options=options,
   )
   return multi_similarity_loss(
       s, labels, pos_weight=pos_weight, neg_weight=neg_weight, margin=margin,

@@ -1,7 +1,7 @@
 """The matrices metric losses are computed on: global cosine / distance, or DIML's quantities.
 
 Global: :func:`cosine_similarity` and :func:`euclidean_distance` of L2-normalised
-embeddings. Structural (MISSION.md step 5): :func:`structural_matrix` gives one DIML
+embeddings. Structural (DIML, ICCV 2021, Sec. 3.3): :func:`structural_matrix` gives one DIML
 quantity for all pairs of the batch (``[b, b]``, or ``[b, m]`` against other part sets such
 as spatial proxies), :func:`structural_partners` only for picked pairs (``[b, k]``, each
 anchor against its own ``k`` partners), both through :mod:`diml_jax.matching`.
@@ -39,10 +39,6 @@ __all__ = [
 Quantity = Literal["structural", "similarity", "distance"]
 # "cross", "uniform", or part weights [b, r] (a pair of them against other part sets).
 Marginals = Literal["cross", "uniform"] | jax.Array | tuple[jax.Array, jax.Array]
-
-# Under the square root of distances, as matching's DIML distance, so identical
-# embeddings have a finite gradient.
-_DISTANCE_FLOOR = 1e-8
 
 
 def check_embeddings(name: str, x) -> jax.Array:
@@ -110,15 +106,16 @@ def euclidean_distance(x: jax.Array, y: jax.Array | None = None, *,
   loss's), ``sqrt(|x|² + |y|² - 2 <x, y> + 1e-8)``.
   """
   if normalize:
-    return jnp.sqrt(jnp.maximum(2.0 - 2.0 * cosine_similarity(x, y), 0.0) + _DISTANCE_FLOOR)
+    return matching.unit_distance(cosine_similarity(x, y))
   x = check_embeddings("x", x)
   y = x if y is None else check_embeddings("y", y)
   squared = (jnp.sum(x * x, axis=1)[:, None] + replicated(jnp.sum(y * y, axis=1))[None, :]
              - 2.0 * inner_product(x, y))
-  return jnp.sqrt(jnp.maximum(squared, 0.0) + _DISTANCE_FLOOR)
+  return jnp.sqrt(jnp.maximum(squared, 0.0) + matching.DISTANCE_FLOOR)
 
 
-def _check_locals(name: str, x) -> jax.Array:
+def check_locals(name: str, x) -> jax.Array:
+  """Float local features ``[b, r, c]``."""
   x = jnp.asarray(x)
   if x.ndim != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(
@@ -127,14 +124,11 @@ def _check_locals(name: str, x) -> jax.Array:
   return x
 
 
-def _globals(name: str, g, x: jax.Array) -> jax.Array:
-  """The global vectors; by default the mean of the unnormalised local features.
-
-  That is the published DIML losses' choice (``feature_map.mean([2, 3])``), and the
-  miners' embedding; :func:`matching.pairwise` would average the normalised ones.
-  """
+def global_vectors(name: str, g, x: jax.Array) -> jax.Array:
+  """The global vectors ``[b, c]`` of local features ``x [b, r, c]``; by default
+  :func:`matching.default_global` (the mean of the raw local features)."""
   if g is None:
-    return x.mean(1)
+    return matching.default_global(x)
   g = jnp.asarray(g)
   if g.shape != (x.shape[0], x.shape[2]):
     raise ValueError(
@@ -213,9 +207,9 @@ def structural_matrix(
     quantity: Quantity = "similarity",
     marginals: Marginals = "cross",
     mass: float = 1.0,
+    options: matching.SinkhornOptions | None = None,
     mesh: Mesh | None = None,
     axis_name: str | tuple[str, ...] = "data",
-    **options,
 ) -> jax.Array:
   """One DIML quantity for every pair of the batch, or of the batch and other part sets.
 
@@ -234,11 +228,11 @@ def structural_matrix(
       and gathered with ``x``), or with ``y`` a pair ``(weights of x [b, r], weights of
       y [m, r2])``.
     mass: ``p`` in ``(0, 1]``, partial similarity: only ``p`` of the weight is matched
-      and the structural terms are means over the matched parts (see
-      :func:`matching.pairwise`); 1 is ordinary matching.
+      and the structural terms are on the scale of :class:`matching.Matching` (means
+      over the matched parts); 1 is ordinary matching.
     mesh: a device mesh to split the rows over, or ``None`` for no explicit sharding.
     axis_name: the mesh axis (or axes) the batch is split along.
-    **options: Sinkhorn options of :func:`matching.match`.
+    options: the solver's :class:`matching.SinkhornOptions`.
 
   Returns:
     ``[b, m]`` (``m = b`` by default); with a mesh, sharded by rows along ``axis_name``.
@@ -247,13 +241,13 @@ def structural_matrix(
   Raises:
     ValueError: shapes that do not fit, or a batch that does not divide over the mesh.
   """
-  x = _check_locals("x", x)
-  g = _globals("g", g, x)
+  x = check_locals("x", x)
+  g = global_vectors("g", g, x)
   n = _devices(mesh, axis_name, x.shape[0])
   own = y is None
   if not own:
-    y = _check_locals("y", y)
-    gy = _globals("gy", gy, y)
+    y = check_locals("y", y)
+    gy = global_vectors("gy", gy, y)
   kind, weights = _marginal_weights(marginals, x, y)
   gather = lambda a: jax.lax.all_gather(a, axis_name, tiled=True) if n > 1 else a
 
@@ -267,7 +261,7 @@ def structural_matrix(
       wl, wb = w if w else (None, None)
     pair_marginals = kind if wl is None else (wl, wb)
     return matching.pairwise(xl, yb, gl, gb, quantity=quantity, marginals=pair_marginals,
-                             mass=mass, **options)
+                             mass=mass, options=options)
 
   args = (x, g) if own else (x, g, y, gy)
   specs = (P(axis_name), P(axis_name)) + (() if own else (P(), P()))
@@ -287,9 +281,9 @@ def structural_partners(
     quantity: Quantity = "distance",
     marginals: Marginals = "cross",
     mass: float = 1.0,
+    options: matching.SinkhornOptions | None = None,
     mesh: Mesh | None = None,
     axis_name: str | tuple[str, ...] = "data",
-    **options,
 ) -> jax.Array:
   """One DIML quantity between each image and ``k`` partners picked from the batch.
 
@@ -307,7 +301,7 @@ def structural_partners(
     mass: ``p``, the partial mass (see :func:`structural_matrix`).
     mesh: a device mesh to split the anchors over, or ``None``.
     axis_name: the mesh axis (or axes) the batch is split along.
-    **options: Sinkhorn options of :func:`matching.match`.
+    options: the solver's :class:`matching.SinkhornOptions`.
 
   Returns:
     ``[b, k]``: entry ``[i, j]`` is the quantity between image ``i`` and image
@@ -316,8 +310,8 @@ def structural_partners(
   Raises:
     ValueError: shapes that do not fit, or a batch that does not divide over the mesh.
   """
-  x = _check_locals("x", x)
-  g = _globals("g", g, x)
+  x = check_locals("x", x)
+  g = global_vectors("g", g, x)
   partners = jnp.asarray(partners)
   if (partners.ndim != 2 or partners.shape[0] != x.shape[0]
       or not jnp.issubdtype(partners.dtype, jnp.integer)):
@@ -333,8 +327,7 @@ def structural_partners(
     pair_marginals = (wl[0], gather(wl[0])) if wl else kind
     return matching.rerank(
         xl, gather(xl), gl, gather(gl), indices=pl, quantity=quantity,
-        marginals=pair_marginals, mass=mass, **options
-    )
+        marginals=pair_marginals, mass=mass, options=options)
 
   args = (x, g, partners) + (weights or ())
   if mesh is None:

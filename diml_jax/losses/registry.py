@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from diml_jax import miners
+from diml_jax import matching, miners
 from diml_jax.errors import UsageError
 from diml_jax.losses import (angular, arcface, contrastive, histogram, lifted, margin,
                              multi_similarity, npair, proxy_anchor, proxy_nca, quadruplet,
@@ -47,7 +47,7 @@ from diml_jax.losses._reduce import LossOutput
 
 __all__ = [
     "LOSSES", "LearningRate", "Loss", "PairQuantities", "build", "check", "init_params",
-    "learning_rates",
+    "learning_rates", "matching_options",
 ]
 
 # (loss parameters, global embeddings [b, d], the model's aux, labels [b], key) -> output
@@ -71,24 +71,33 @@ class LearningRate(NamedTuple):
   weight_decay: bool = False
 
 
+def matching_options(config: ml_collections.ConfigDict) -> matching.SinkhornOptions:
+  """The solver's options from ``config.matching`` (all its keys but marginals and mass),
+  read here for the losses and by evaluation."""
+  options = {k: v for k, v in config.matching.items() if k not in ("marginals", "mass")}
+  try:
+    return matching.SinkhornOptions(**options)
+  except (TypeError, ValueError) as e:
+    raise UsageError(f"--config.matching: {e}") from None
+
+
 class PairQuantities:
   """What the pair losses compare: the global embeddings, or DIML's structural quantity.
 
   Built once from the config. The structural quantities are those of ``aux["local"]``
-  ``[b, r, d]`` with the config's marginals (cross-correlation, uniform, or ``"rollout"``:
-  a ViT's ``aux["part_weights"]``), partial mass and Sinkhorn options, split over ``mesh``.
+  ``[b, r, d]`` with ``config.matching``: its marginals (cross-correlation, uniform, or
+  ``"weights"``: a ViT's ``aux["part_weights"]``), partial mass and solver options, split
+  over ``mesh``.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh | None, axis_name: str):
     self.diml = bool(config.loss.diml)
-    # The solver's options: the only reads of config.sinkhorn / loss.marginals /
-    # loss.partial_mass.
-    self._marginals = config.loss.marginals
-    self._options = dict(mass=config.loss.partial_mass, mesh=mesh, axis_name=axis_name,
-                         **config.sinkhorn)
+    self._marginals = config.matching.marginals
+    self._options = dict(mass=config.matching.mass, options=matching_options(config),
+                         mesh=mesh, axis_name=axis_name)
 
   def _structural(self, aux: dict) -> dict:
-    marginals = aux["part_weights"] if self._marginals == "rollout" else self._marginals
+    marginals = aux["part_weights"] if self._marginals == "weights" else self._marginals
     return dict(marginals=marginals, **self._options)
 
   def similarity(self, g: jax.Array, aux: dict) -> jax.Array:
@@ -312,7 +321,7 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None,
   """``loss_fn(params, g [b, d], aux, labels [b], key) -> LossOutput`` of ``config.loss``.
 
   Args:
-    config: a run's config (``config.loss``, and ``config.sinkhorn`` for DIML).
+    config: a run's config (``config.loss``, and ``config.matching`` for DIML).
     mesh: the device mesh the structural matching is split over, or ``None``.
     axis_name: the mesh axis the batch is split along.
   """

@@ -20,13 +20,13 @@ local embedding gets the relevance of its cell::
   _, aux = vit.apply(variables, images)              # aux["attentions"]: depth x [b, H, n, n]
   relevance = patch_relevance(aux["attentions"], num_blocks=4)
   mu = pool_relevance(relevance.reshape(aux["feature_map"].shape[:3]), grid_size=4)
-  matching.match(x, y, marginals=(mu_x, mu_y))       # or partial.partial_match
+  matching.match(x, y, marginals=(mu_x, mu_y))       # mass=p: partial matching
 """
 from typing import Literal, Sequence
 
 import jax.numpy as jnp
 
-from diml_jax.models.head import RESIZE_TO, grid_pool
+from diml_jax.models.grid import RESIZE_TO, grid_pool
 
 HeadFusion = Literal["mean", "max", "min"]
 _FUSIONS = {"mean": jnp.mean, "max": jnp.max, "min": jnp.min}
