@@ -24,7 +24,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "The config the model was trained with; default: the run's config.json.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "the training run's directory, e.g. runs/cub_margin.")
+    "workdir", None, "The training run's directory, e.g. runs/cub_margin.")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A checkpoint step directory; default: the best, else the latest.")
 _EXPLAIN = flags.DEFINE_bool(

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from diml_jax import UsageError, runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "the experiment's config file, e.g. configs/cub_margin.py.",
+    "config", None, "The experiment's config file, e.g. configs/cub_margin.py.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Checkpoints, logs and results; default runs/<config name>.")

@@ -96,7 +96,7 @@ def parse_flags(argv: list[str], *, saved_config: str | None = None) -> list[str
     missing = re.search(r"Flag --(\S+) must have a value other than None", str(e))
     if missing:
       name = missing.group(1)
-      raise UsageError(f"--{name} is required: {flags.FLAGS[name].help} {_HELP}") from None
+      raise UsageError(f"--{name} is required. {flags.FLAGS[name].help} {_HELP}") from None
     raise UsageError(re.sub(r"^flag ", "", str(e))) from None
 
 

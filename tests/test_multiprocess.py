@@ -261,6 +261,44 @@ def initial_params():
   return params
 
 
+# Two checkpoint managers of a run saving the same step at once, as training's periodic
+# and best managers do after an evaluation at a checkpoint step.
+_TWO_SAVES = """
+import sys
+import numpy as np
+from absl import flags
+from diml_jax import runtime
+_, workdir = flags.FLAGS(sys.argv)
+runtime.start()
+import orbax.checkpoint as ocp
+from diml_jax import experiment
+state = experiment.replicate({"w": np.arange(1000, dtype=np.float32)}, experiment.make_mesh())
+periodic = experiment.checkpoint_manager(workdir, "checkpoints", 2)
+best = experiment.checkpoint_manager(workdir, "best", 1)
+periodic.save(6, args=ocp.args.StandardSave(state))
+best.save(6, args=ocp.args.StandardSave(state), force=True)
+periodic.wait_until_finished()
+best.wait_until_finished()
+"""
+
+
+def test_multiprocess_checkpoint_managers_save_one_step_at_once(tmp_path, cache):
+  """2 processes, two managers saving step 6 asynchronously at once: both checkpoints
+  are written (Orbax's barriers were named after the step alone, so the two saves met
+  at one barrier, "Barrier _async_write_complete.6 is already ongoing", and hung)."""
+  script = tmp_path / "two_saves.py"
+  script.write_text(_TWO_SAVES)
+  workdir = tmp_path / "run"
+  with launched(tmp_path / "logs", str(script), [str(workdir)], processes=2, devices=2,
+                cache=cache) as run:
+    codes = run.wait(timeout=240)
+  assert codes == [0, 0], run.log(0)[-3000:]
+  for name in ("checkpoints", "best"):
+    step, state = restore_params(workdir, name=name)
+    assert step == 6
+    np.testing.assert_array_equal(state["w"], np.arange(1000, dtype=np.float32))
+
+
 def test_distributed_flags_without_a_cluster_are_a_usage_error(tmp_path):
   """--distributed where JAX detects no cluster and no coordinator is given, or the
   address flags without --distributed: one message naming the flags, exit code 2, no
