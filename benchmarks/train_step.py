@@ -22,7 +22,8 @@ median step. Weights are random (the speed does not depend on them).
   python benchmarks/train_step.py [--json] [--steps 3] [--batch-size 112] [--image-size 224]
       [--devices N] [--no-reference]
 
-JSON keys: ``ratio`` (diml_jax / reference, float32, images/s), ``images_per_s`` (by
+JSON keys: ``ratio`` (diml_jax / reference, float32, images/s; null unless diml_jax ran
+on the CPU, the reference's device), ``images_per_s`` (by
 dtype), ``reference_images_per_s``, ``matching_share``, ``total_s``, ``peak_rss_gb``,
 ``device``.
 """
@@ -65,7 +66,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import losses as published  # the published criterion, in PyTorch
 from configs import common
 from diml_jax import experiment, train_lib
-from diml_jax.models import head
+from diml_jax.models import grid
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tests.models.torch_reference import TorchBottleneck, TorchResNet
 
@@ -122,7 +123,7 @@ class TorchDIML(torch.nn.Module):
 
   def forward(self, x):
     fmap, _ = self.backbone(x)
-    fmap = F.interpolate(fmap, size=head.RESIZE_TO, mode="bilinear", align_corners=True)
+    fmap = F.interpolate(fmap, size=grid.RESIZE_TO, mode="bilinear", align_corners=True)
     local = self.embedding(F.adaptive_avg_pool2d(fmap, 4))
     return local.flatten(2).transpose(1, 2)  # [b, 16, 128], raw: the criterion normalises
 
@@ -200,9 +201,15 @@ def main():
           f"{b / seconds['reference']:>9.1f}")
   print(f"\nmatching (the margin-DIML loss, forward + backward, alone): "
         f"{seconds['matching'] * 1e3:.0f} ms, {share:.1%} of diml_jax's float32 step")
-  ratio = seconds["reference"] / seconds["float32"] if "reference" in seconds else None
+  # The reference runs on the CPU: a ratio compares like with like only when diml_jax ran
+  # on the CPU too; on an accelerator the images/s of both are printed and ratio is null.
+  same_kind = jax.default_backend() == "cpu"
+  ratio = (seconds["reference"] / seconds["float32"]
+           if "reference" in seconds and same_kind else None)
   if ratio is not None:
     print(f"ratio (diml_jax / reference, float32): {ratio:.2f}x")
+  elif "reference" in seconds:
+    print(f"no ratio: diml_jax ran on {jax.default_backend()}, the reference on the CPU")
   print(f"total {total:.0f} s, peak RSS {peak:.2f} GB")
   if ARGS.json:
     print(json.dumps({
