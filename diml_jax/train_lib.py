@@ -299,7 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _check_finite(pending, checkpoints)
     if checkpoints.latest_step() != total_steps:
       checkpoints.save(total_steps, args=ocp.args.StandardSave(state), force=True)
-    if jax.process_count() > 1:  # each process decodes only its rows of every batch
+    if jax.process_count() > 1 and not cached:  # each process decodes only its rows
       logging.info("Process %d of %d decoded %d training images for %d steps of %d rows",
                    jax.process_index(), jax.process_count(), batches.decoded,
                    total_steps - start, config.batch_size // jax.process_count())
@@ -309,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpoints.wait_until_finished()
     best.wait_until_finished()
     log.close()
-    skipped = sum(batches.skipped.values())
+    skipped = sum(getattr(batches, "skipped", {}).values())  # none from cached maps
     if skipped:
       logging.warning("%d corrupt training images were skipped", skipped)
   return results

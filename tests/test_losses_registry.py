@@ -72,7 +72,7 @@ def test_configs_cover_every_baseline_recipe_on_three_data_sets_and_the_sizes():
 def _loss_signature(config):
   """What decides the loss's code path (values such as beta or the bins only change numbers)."""
   c = config.loss
-  return (c.name, c.miner if registry.LOSSES[c.name].miners else "", c.diml, c.marginals,
+  return (c.name, c.miner if registry.LOSSES[c.name].miners else "", c.diml, config.matching.marginals,
           config.model.head, config.model.normalize)
 
 
