@@ -18,6 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from diml_jax import checkpoints as checkpoint_lib
 from diml_jax import data, evaluation, experiment, explain, matching, retrieval
 from diml_jax.data import images as image_lib
 from diml_jax.errors import UsageError
@@ -220,7 +221,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
   """Evaluates a saved model: what ``eval.py`` does.
 
   Needs the test split only: the model's variables are read from the checkpoint with
-  the shapes it records (:func:`diml_jax.experiment.restore_model`).
+  the shapes it records (:func:`diml_jax.checkpoints.restore_model`).
 
   Args:
     config: the run's config (the model must be the one the checkpoint was saved from);
@@ -243,8 +244,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, checkpoint: str | No
   test_set = experiment.load_split(config, "test")
   mesh = experiment.make_mesh()
   model = experiment.build_model(config)
-  variables = experiment.restore_model(
-      experiment.checkpoint_manager(*os.path.split(directory)), mesh, step, model=model,
+  variables = checkpoint_lib.restore_model(
+      checkpoint_lib.checkpoint_manager(*os.path.split(directory)), mesh, step, model=model,
       image_size=config.data.image_size)
   out_dir = os.path.join(workdir, "eval", f"step_{step}")
   results, embeddings = evaluate_model(config, model, variables, test_set, mesh, out_dir)

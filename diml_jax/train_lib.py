@@ -31,6 +31,7 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tensorboardX import SummaryWriter
 
+from diml_jax import checkpoints as checkpoint_lib
 from diml_jax import data, eval_lib, evaluation, experiment, feature_cache, losses, models
 from diml_jax.losses import registry
 from diml_jax.experiment import DATA_AXIS, TrainState
@@ -213,10 +214,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = experiment.replicate(
       TrainState(step=np.int32(0), params=params, batch_stats=batch_stats,
                  opt_state=tx.init(params)), mesh)
-  checkpoints = experiment.checkpoint_manager(workdir, "checkpoints", config.keep_checkpoints)
-  best = experiment.checkpoint_manager(workdir, "best", 1)
+  checkpoints = checkpoint_lib.checkpoint_manager(workdir, "checkpoints", config.keep_checkpoints)
+  best = checkpoint_lib.checkpoint_manager(workdir, "best", 1)
   if checkpoints.latest_step() is not None:
-    state = experiment.restore(checkpoints, state, mesh)
+    state = checkpoint_lib.restore(checkpoints, state, mesh)
     logging.info("Resumed from step %d in %s", int(state.step), checkpoints.directory)
   start = int(state.step)
   if start >= total_steps:

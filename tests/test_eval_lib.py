@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from diml_jax import UsageError, eval_lib, experiment
+from diml_jax import checkpoints as checkpoint_lib
 from diml_jax.experiment import TrainState
 from tests.data import fakes
 from tests.test_train import tiny_config
@@ -37,7 +38,7 @@ def run(tmp_path_factory):
   state = TrainState(step=jnp.int32(7), params=params, batch_stats=batch_stats,
                      opt_state=tx.init(params))
   workdir = tmp / "run"
-  manager = experiment.checkpoint_manager(str(workdir), "checkpoints", keep=1)
+  manager = checkpoint_lib.checkpoint_manager(str(workdir), "checkpoints", keep=1)
   manager.save(7, args=ocp.args.StandardSave(state))
   manager.wait_until_finished()
   return config, workdir, jax.device_get(params), jax.device_get(batch_stats)
@@ -65,8 +66,8 @@ def test_evaluation_restores_the_model_without_the_training_split(run):
   results = eval_lib.run(config, str(workdir))
   assert results["items"] == 8 and set(results["metrics"]) == {"0", "4"}
   # What evaluation embedded with: the saved model variables, read alone.
-  manager = experiment.checkpoint_manager(str(workdir), "checkpoints")
-  restored = experiment.restore_model(manager, experiment.make_mesh(), 7,
+  manager = checkpoint_lib.checkpoint_manager(str(workdir), "checkpoints")
+  restored = checkpoint_lib.restore_model(manager, experiment.make_mesh(), 7,
                                       model=experiment.build_model(config), image_size=32)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored["params"]),
                params["model"])

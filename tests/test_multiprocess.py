@@ -271,10 +271,11 @@ from diml_jax import runtime
 _, workdir = flags.FLAGS(sys.argv)
 runtime.start()
 import orbax.checkpoint as ocp
+from diml_jax import checkpoints as checkpoint_lib
 from diml_jax import experiment
 state = experiment.replicate({"w": np.arange(1000, dtype=np.float32)}, experiment.make_mesh())
-periodic = experiment.checkpoint_manager(workdir, "checkpoints", 2)
-best = experiment.checkpoint_manager(workdir, "best", 1)
+periodic = checkpoint_lib.checkpoint_manager(workdir, "checkpoints", 2)
+best = checkpoint_lib.checkpoint_manager(workdir, "best", 1)
 periodic.save(6, args=ocp.args.StandardSave(state))
 best.save(6, args=ocp.args.StandardSave(state), force=True)
 periodic.wait_until_finished()

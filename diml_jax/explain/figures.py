@@ -1,4 +1,4 @@
-"""Figures of DIML's explanation: the matching flow between two images and relevance maps.
+"""Figures of DIML's explanation: the matching flow between two images.
 
 :func:`flow_figure` draws the figure of the papers' teaser (DIML, ICCV 2021, Fig. 1;
 TPAMI 2023, Fig. 1) for one pair of images and their :class:`~diml_jax.matching.Matching`:
@@ -10,8 +10,7 @@ TPAMI 2023, Fig. 1) for one pair of images and their :class:`~diml_jax.matching.
 - the decomposition ``structural similarity = Σ part contributions`` (and the global
   cosine, if given) written above.
 
-:func:`relevance_figure` overlays any other relevance maps on an image: DGML's group
-attention maps ``[k, h, w]`` or a ViT's attention rollout ``[h, w]``.
+(:mod:`diml_jax.explain.relevance` draws other relevance maps over an image.)
 
 Figures are :class:`matplotlib.figure.Figure` objects made without ``pyplot``, so nothing
 touches a display and no global figure list grows; save them with
@@ -40,7 +39,7 @@ __all__ = [
     "Grid",
     "FlowFigure",
     "flow_figure",
-    "relevance_figure",
+    "grey",
     "figure_bytes",
     "strongest_flows",
     "cell_centres",
@@ -239,7 +238,9 @@ def _contribution_scale(values: np.ndarray) -> tuple[colors.Normalize, str]:
   return colors.Normalize(-scale, scale), "RdBu_r"
 
 
-def _grey(image: np.ndarray) -> np.ndarray:
+def grey(image: np.ndarray) -> np.ndarray:
+  """The luminance ``[H, W]`` of an RGB image ``[H, W, 3]`` (ITU-R BT.601 weights), the
+  background of the heat maps."""
   return image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -381,7 +382,7 @@ def _draw_contributions(ax, image: np.ndarray, grid: tuple[int, int], values: np
   extent = (0, w, h, 0)
   ax.set_axis_off()
   # A darkened grey image, so that the colours carry the information.
-  ax.imshow(_grey(image), cmap="gray", vmin=0, vmax=255 * 1.25, extent=extent,
+  ax.imshow(grey(image), cmap="gray", vmin=0, vmax=255 * 1.25, extent=extent,
             interpolation="antialiased")
   norm, cmap = _contribution_scale(values)
   heat = ax.imshow(values.reshape(grid), cmap=cmap, norm=norm, alpha=_HEAT_ALPHA,
@@ -412,72 +413,6 @@ def _panel_title(name: str, values: np.ndarray, grid: tuple[int, int],
     if size >= 6:
       break
   return "\n".join(lines), size
-
-
-def relevance_figure(
-    image,
-    maps,
-    *,
-    titles: Sequence[str] | None = None,
-    cmap: str = "inferno",
-    alpha: float = 0.6,
-    shared_scale: bool = False,
-    panel_height: float = 2.6,
-) -> Figure:
-  """Relevance maps over an image: the image, then one panel per map.
-
-  For DGML's group attention maps ``[k, h, w]`` or a ViT's attention rollout ``[h, w]``
-  (any resolution: each map is stretched over the whole image with bilinear smoothing).
-
-  Args:
-    image: uint8 ``[H, W, 3]``.
-    maps: ``[h, w]`` or ``[k, h, w]`` finite floats.
-    titles: one per map (default ``"map 0"``, ...).
-    cmap: matplotlib colour map of the overlays.
-    alpha: opacity of the overlays.
-    shared_scale: one colour scale for all maps (e.g. to compare groups' attention);
-      default: each map from its own minimum to its maximum.
-    panel_height: height of each panel in inches.
-
-  Returns:
-    the figure; panel ``1 + m`` (``figure.axes[1 + m]``) holds map ``m`` as its second
-    image, drawn over the image's extent.
-
-  Raises:
-    ValueError: the image is not uint8 ``[H, W, 3]``, the maps are not ``[h, w]`` or
-      ``[k, h, w]`` finite numbers, or ``titles`` has the wrong length.
-  """
-  image = check_image("image", image)
-  maps = np.asarray(maps)
-  if maps.ndim not in (2, 3) or 0 in maps.shape:
-    raise ValueError(f"maps must be [h, w] or [k, h, w]; got shape {maps.shape}.")
-  if not np.issubdtype(maps.dtype, np.number) or not np.isfinite(maps).all():
-    raise ValueError(f"maps must hold finite numbers; got dtype {maps.dtype} with "
-                     f"non-finite values or non-numbers.")
-  maps = maps.reshape((-1,) + maps.shape[-2:]).astype(np.float64)
-  titles = [f"map {m}" for m in range(len(maps))] if titles is None else list(titles)
-  if len(titles) != len(maps):
-    raise ValueError(f"titles must have one entry per map ({len(maps)}); got {len(titles)}.")
-  h, w = image.shape[:2]
-  panel_w = panel_height * w / h
-  fig = Figure(figsize=((1 + len(maps)) * (panel_w + 0.1) + 0.1, panel_height + 0.45))
-  axes = fig.subplots(1, 1 + len(maps), squeeze=False)[0]
-  fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1 - 0.35 / (panel_height + 0.45),
-                      wspace=0.04)
-  extent = (0, w, h, 0)
-  axes[0].imshow(image, extent=extent)
-  axes[0].set_title("image", fontsize=9)
-  low, high = maps.min(), maps.max()
-  for ax, relevance, title in zip(axes[1:], maps, titles):
-    if not shared_scale:
-      low, high = relevance.min(), relevance.max()
-    ax.imshow(_grey(image), cmap="gray", vmin=0, vmax=255, extent=extent)
-    ax.imshow(relevance, cmap=cmap, alpha=alpha, extent=extent, interpolation="bilinear",
-              norm=colors.Normalize(low, high if high > low else low + 1e-12))
-    ax.set_title(title, fontsize=9)
-  for ax in axes:
-    ax.set_axis_off()
-  return fig
 
 
 def figure_bytes(figure: Figure, format: str = "png", *, dpi: float | None = None,
