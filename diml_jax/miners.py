@@ -44,6 +44,7 @@ __all__ = [
     "npair",
     "quadruplet_negatives",
     "check_labels",
+    "check_rows",
     "check_square",
 ]
 
@@ -122,6 +123,18 @@ def check_square(name: str, matrix, labels) -> tuple[jax.Array, jax.Array]:
     raise ValueError(
         f"{name} must be a [b, b] matrix over the batch (b={b} labels); got {matrix.shape}."
     )
+  return matrix, labels
+
+
+def check_rows(name: str, matrix, labels, layout: str) -> tuple[jax.Array, jax.Array]:
+  """``(matrix [b, ...], labels [b])``: a 2-D matrix with one row per labelled image;
+  ``layout`` (e.g. ``"[b, k]"``) names its columns in the error."""
+  matrix = jnp.asarray(matrix)
+  labels = check_labels(labels)
+  if matrix.ndim != 2 or matrix.shape[0] != labels.shape[0]:
+    raise ValueError(
+        f"{name} must be {layout} with b={labels.shape[0]} (the labels); got "
+        f"{matrix.shape}.")
   return matrix, labels
 
 

@@ -47,12 +47,7 @@ def contrastive_loss(
     Hadsell, Chopra, LeCun. Dimensionality Reduction by Learning an Invariant Mapping.
     CVPR 2006.
   """
-  distances = jnp.asarray(distances)
-  labels = miners.check_labels(labels)
-  if distances.ndim != 2 or distances.shape[0] != labels.shape[0]:
-    raise ValueError(
-        f"distances must be [b, k] with b={labels.shape[0]} (the labels); got "
-        f"{distances.shape}.")
+  distances, labels = miners.check_rows("distances", distances, labels, "[b, k]")
   if pairs is None:
     distances, labels = miners.check_square("distances", distances, labels)
     pairs = miners.all_pairs(labels)

@@ -51,13 +51,7 @@ def check_embeddings(name: str, x) -> jax.Array:
 
 def check_class_similarity(similarity, labels) -> tuple[jax.Array, jax.Array]:
   """``(similarity [b, n_classes], labels [b])`` of a proxy or classifier loss, checked."""
-  similarity = jnp.asarray(similarity)
-  labels = miners.check_labels(labels)
-  if similarity.ndim != 2 or similarity.shape[0] != labels.shape[0]:
-    raise ValueError(
-        f"similarity must be [b, n_classes] with b={labels.shape[0]} (the labels); got "
-        f"{similarity.shape}.")
-  return similarity, labels
+  return miners.check_rows("similarity", similarity, labels, "[b, n_classes]")
 
 
 def replicated(x: jax.Array) -> jax.Array:
