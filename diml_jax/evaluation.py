@@ -2,8 +2,12 @@
 
 The test split's embeddings (global vectors, local feature maps, labels) are the only
 input, so a model is embedded once and every re-ranking setting is evaluated from the
-cache (:func:`save_embeddings`, :func:`load_embeddings`). Each item is a query against
-all the others (the query set is the gallery, the query excluded from its own list).
+cache (:func:`save_embeddings`, :func:`load_embeddings`). Two protocols:
+
+- each item a query against all the others (the query set is the gallery, the query
+  excluded from its own list): CUB-200-2011, Cars196, SOP;
+- queries against a separate gallery, when ``Embeddings.is_query`` marks the queries
+  (In-Shop Clothes Retrieval: 14,218 queries, 12,612 gallery images).
 
   results = evaluate(Embeddings(global_=g, local=x, labels=y), ks=(0, 10, 100))
   print(format_table(results)); write_results(results, workdir)
@@ -12,6 +16,7 @@ References:
   Zhao, Rao, Wang, Lu, Zhou. Towards Interpretable Deep Metric Learning with Structural
   Matching. ICCV 2021, Sec. 3.4 (multi-scale matching) and Sec. 4.
   Musgrave, Belongie, Lim. A Metric Learning Reality Check. ECCV 2020.
+  Liu, Luo, Qiu, Wang, Tang. DeepFashion. CVPR 2016 (In-Shop's query/gallery protocol).
 """
 from __future__ import annotations
 
@@ -51,12 +56,17 @@ class Embeddings(NamedTuple):
     labels: class labels ``[n]`` int.
     weights: optional part weights ``[n, r]``, the marginals of re-ranking with
       ``marginals="weights"`` (a ViT's truncated attention rollout pooled to the grid).
+    is_query: optional ``bool [n]`` of a query/gallery split (In-Shop,
+      ``Dataset.is_query``): the marked items are the queries, ranked against the
+      others, the gallery, only. ``None``: each item is a query against all the others.
+      With separate query and gallery arrays, concatenate them and mark the queries.
   """
 
   global_: np.ndarray
   local: np.ndarray | None
   labels: np.ndarray
   weights: np.ndarray | None = None
+  is_query: np.ndarray | None = None
 
 
 def _check(embeddings: Embeddings) -> Embeddings:
@@ -79,7 +89,12 @@ def _check(embeddings: Embeddings) -> Embeddings:
                      f"{None if x is None else x.shape}; got {w.shape}.")
   if g.shape[0] < 2:
     raise ValueError(f"need at least 2 items to evaluate; got {g.shape[0]}.")
-  return Embeddings(g, x, y, w)
+  q = None if embeddings.is_query is None else np.asarray(embeddings.is_query)
+  if q is not None and (q.dtype != bool or q.shape != y.shape or q.all() or not q.any()):
+    raise ValueError(f"is_query must be bool [n={y.shape[0]}] marking at least one query "
+                     f"and one gallery item; got {q.dtype} {q.shape} with "
+                     f"{int(q.sum()) if q.dtype == bool else '?'} queries.")
+  return Embeddings(g, x, y, w, q)
 
 
 def evaluate(
@@ -100,18 +115,28 @@ def evaluate(
     progress: bool = True,
     options: matching.SinkhornOptions | None = None,
 ) -> dict[str, Any]:
-  """Multi-scale retrieval metrics of a split, each item a query against the others.
+  """Multi-scale retrieval metrics of a split: each item against the others, or queries
+  against a separate gallery.
 
-  1. Global ranking: the nearest items by cosine of the global vectors, as many as the
-     metrics and the largest re-ranking depth need (:func:`retrieval.global_neighbours`).
+  Without ``embeddings.is_query`` every item is a query against all the others, itself
+  excluded from its list. With it (a query/gallery benchmark, In-Shop) the marked items
+  are the queries and the others the gallery: each query is ranked against the gallery
+  only, never against other queries, and nothing is excluded from its list.
+
+  1. Global ranking: the nearest gallery items by cosine of the global vectors, as many
+     as the metrics and the largest re-ranking depth need
+     (:func:`retrieval.global_neighbours`).
   2. Structural scores ``(structural + global) / 2`` of each query with its first
      ``max(ks)`` neighbours, computed once (:func:`retrieval.rerank_scores`).
   3. For each ``K`` in ``ks``: the first ``K`` re-sorted by that score, the rest in
      global order (:func:`retrieval.multiscale_order`); Recall@k, R-Precision, MAP@R
      (:func:`metrics.retrieval_metrics`). ``K = 0`` is the global ranking; a ``K``
-     beyond the gallery (``n - 1``) re-ranks the whole list.
+     beyond the list (``n - 1`` others, or the gallery's size) re-ranks the whole list.
   4. NMI and pair-counting F1 of k-means (k = number of classes, k-means++ seeded from
-     ``seed``) on the L2-normalised global vectors.
+     ``seed``) on the L2-normalised global vectors of every item: with a separate
+     gallery, queries and gallery clustered together, as the DML baselines' code
+     reports In-Shop (Roth et al., Deep-Metric-Learning-Baselines, ``auxiliaries.py``,
+     ``eval_metrics_query_and_gallery_dataset``).
 
   With several JAX processes (hosts), each ranks and re-ranks its share of the queries
   on its own devices (:func:`retrieval.process_queries`), and the ranked lists are then
@@ -120,13 +145,15 @@ def evaluate(
   embeddings.
 
   Metric conventions (README, Evaluation): the query is never in its own list; by
-  default ``R`` = class size - 1 and single-image classes are left out of the retrieval
-  averages; ``include_query_in_r=True`` is the original DIML code's ``R`` = class size,
-  averaged over all queries. Ties are broken by index (global ranking) and by global
-  rank (re-ranking).
+  default ``R`` = class size - 1 (with a separate gallery: the gallery's items of the
+  query's class) and queries with ``R = 0`` are left out of the retrieval averages;
+  ``include_query_in_r=True`` is the original DIML code's ``R`` = class size, averaged
+  over all queries, which has no meaning with a separate gallery (``ValueError``). Ties
+  are broken by gallery index (global ranking) and by global rank (re-ranking).
 
   Args:
-    embeddings: the split's :class:`Embeddings`.
+    embeddings: the split's :class:`Embeddings` (with ``is_query`` for a separate
+      gallery).
     ks: re-ranking depths ``K`` (0 = global only).
     recall_ks: cut-offs of Recall@k.
     include_query_in_r: the original DIML code's ``R`` (see above).
@@ -151,10 +178,12 @@ def evaluate(
   Returns:
     A JSON-ready dict: ``"metrics"`` maps each ``K`` (as a string) to
     ``{"recall@1": ..., "r_precision": ..., "map@r": ..., "queries": ...}`` (fractions in
-    [0, 1]); ``"nmi"`` and ``"f1"`` (or ``None``); ``"items"``, ``"classes"``, ``"seconds"`` per
-    stage, and ``"settings"``.
+    [0, 1]; ``"queries"`` counted); ``"nmi"`` and ``"f1"`` (or ``None``); ``"items"``
+    (queries and gallery), ``"gallery"`` (the separate gallery's size, ``None`` when each
+    item is a query against the others), ``"classes"``, ``"seconds"`` per stage, and
+    ``"settings"``.
   """
-  g, x, labels, weights = _check(embeddings)
+  g, x, labels, weights, is_query = _check(embeddings)
   ks = sorted({int(k) for k in ks})
   if not ks or ks[0] < 0:
     raise ValueError(f"ks must be non-empty and >= 0; got {ks}.")
@@ -166,42 +195,49 @@ def evaluate(
   if not recall_ks or min(recall_ks) < 1:
     raise ValueError(f"recall_ks must be non-empty and >= 1; got {recall_ks}.")
   n, classes = g.shape[0], len(np.unique(labels))
-  relevant = metrics.num_relevant(labels, include_query_in_r=include_query_in_r)
-  # Ranked positions the metrics read, and those re-ranking needs; the query is never
-  # retrieved, so at most n - 1 of either.
-  depth = min(max(max(recall_ks), int(relevant.max())), n - 1)
-  kmax = min(ks[-1], n - 1)
+  # Item indices of the queries and of the gallery; lists hold item indices throughout.
+  separate = is_query is not None
+  queries = np.flatnonzero(is_query) if separate else np.arange(n)
+  gallery = np.flatnonzero(~is_query) if separate else np.arange(n)
+  relevant = metrics.num_relevant(labels[queries], labels[gallery] if separate else None,
+                                  include_query_in_r=include_query_in_r)
+  # Ranked positions the metrics read, and those re-ranking needs: at most the list's
+  # length (the query is never retrieved from its own split).
+  available = gallery.size if separate else n - 1
+  depth = min(max(max(recall_ks), int(relevant.max())), available)
+  kmax = min(ks[-1], available)
   seconds = {}
 
   # This process's queries (all of them unless split across processes).
-  queries = retrieval.process_queries(n) if across_processes else np.arange(n)
+  mine = queries[retrieval.process_queries(queries.size) if across_processes
+                 else np.arange(queries.size)]
   t = time.perf_counter()
   neighbours = retrieval.global_neighbours(
-      g[queries], g, k=max(depth, kmax), self_index=queries,
+      g[mine], g[gallery], k=max(depth, kmax), self_index=None if separate else mine,
       chunk_per_device=chunk_per_device, devices=devices, progress=progress,
   )
+  indices = gallery[neighbours.indices].astype(np.int32)
   seconds["global_ranking"] = time.perf_counter() - t
 
   t = time.perf_counter()
-  scores = np.zeros((len(queries), 0), np.float32) if kmax == 0 else retrieval.rerank_scores(
-      x[queries], g[queries], x, g, neighbours.indices[:, :kmax],
-      marginals=(weights[queries], weights) if marginals == "weights" else marginals,
+  scores = np.zeros((len(mine), 0), np.float32) if kmax == 0 else retrieval.rerank_scores(
+      x[mine], g[mine], x, g, indices[:, :kmax],
+      marginals=(weights[mine], weights) if marginals == "weights" else marginals,
       mass=mass, chunk_per_device=rerank_chunk_per_device, devices=devices,
       progress=progress, options=options,
   )
   seconds["structural_reranking"] = time.perf_counter() - t
-  indices = neighbours.indices
   if across_processes:
-    indices, scores = retrieval.gather_queries((indices, scores), n)
+    indices, scores = retrieval.gather_queries((indices, scores), queries.size)
 
   t = time.perf_counter()
   results = {}
   for k in ks:
     order = retrieval.multiscale_order(indices, scores, k=min(k, kmax))
-    hits = labels[order[:, :depth]] == labels[:, None]
+    hits = labels[order[:, :depth]] == labels[queries, None]
     if depth < relevant.max():  # R = n: the original code finds the query itself last
-      hits = np.concatenate([hits, np.ones((n, 1), bool)], axis=1)
-    # A cut-off beyond the gallery sees the whole list: the positions past it are empty.
+      hits = np.concatenate([hits, np.ones((queries.size, 1), bool)], axis=1)
+    # A cut-off beyond the list sees the whole list: the positions past it are empty.
     hits = np.pad(hits, ((0, 0), (0, max(0, max(recall_ks) - hits.shape[1]))))
     results[str(k)] = metrics.retrieval_metrics(
         hits, relevant, recall_ks=recall_ks, include_query_in_r=include_query_in_r
@@ -209,7 +245,7 @@ def evaluate(
   seconds["metrics"] = time.perf_counter() - t
 
   nmi = f1 = None
-  if with_nmi:
+  if with_nmi:  # every item, queries and gallery alike
     t = time.perf_counter()
     unit = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
     clusters = metrics.kmeans(
@@ -224,6 +260,7 @@ def evaluate(
       "nmi": nmi,
       "f1": f1,
       "items": n,
+      "gallery": int(gallery.size) if separate else None,
       "classes": classes,
       "seconds": seconds,
       "settings": {
@@ -246,8 +283,12 @@ def format_table(results: dict[str, Any]) -> str:
   for k, row in results["metrics"].items():
     name = "global" if k == "0" else k
     lines.append(f"{name:<6} " + " ".join(f"{100 * row[c]:>11.2f}" for c in cols))
-  tail = [f"queries {next(iter(results['metrics'].values()))['queries']} of "
-          f"{results['items']} items, {results['classes']} classes"]
+  counted = next(iter(results["metrics"].values()))["queries"]
+  if results["gallery"] is None:
+    tail = [f"queries {counted} of {results['items']} items, {results['classes']} classes"]
+  else:
+    tail = [f"queries {counted} of {results['items'] - results['gallery']} against a "
+            f"gallery of {results['gallery']}, {results['classes']} classes"]
   if results["nmi"] is not None:
     tail.append(f"NMI {100 * results['nmi']:.2f}, F1 {100 * results['f1']:.2f}")
   return "\n".join(lines + ["; ".join(tail)])
@@ -298,4 +339,5 @@ def load_embeddings(path: str) -> Embeddings:
     if missing:
       raise ValueError(f"{path} is not an embeddings cache: missing {sorted(missing)}.")
     get = lambda name: f[name] if name in f.files else None
-    return _check(Embeddings(f["global_"], get("local"), f["labels"], get("weights")))
+    return _check(Embeddings(f["global_"], get("local"), f["labels"], get("weights"),
+                             get("is_query")))

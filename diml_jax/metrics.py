@@ -2,7 +2,8 @@
 
 Retrieval metrics are computed from ranked lists: for each query, whether each retrieved
 item has the query's label (``hits [q, L]``, best first, the query itself never in its
-own list) and ``R``, the number of items of the query's class in the gallery.
+own list) and ``R``, the number of items of the query's class in the gallery: the other
+items of the split, or a separate gallery (query/gallery benchmarks such as In-Shop).
 
 - **Recall@k**: 1 if at least one of the first ``k`` items has the query's label, else 0.
 - **R-Precision** (Musgrave et al. 2020, Sec. 3.2): the fraction of the first ``R`` items
@@ -18,8 +19,9 @@ own list) and ``R``, the number of items of the query's class in the gallery.
   pairs that share a cluster, and F1 their harmonic mean.
 
 Conventions (see README, Evaluation): ``R`` is the class size minus one (the query is
-excluded from its own gallery), and queries with ``R = 0`` (single-image classes) are
-left out of every retrieval average, as pytorch-metric-learning does. The original DIML
+excluded from its own gallery; with a separate gallery, the gallery's items of the
+class), and queries with ``R = 0`` (single-image classes, or classes the gallery lacks)
+are left out of every retrieval average, as pytorch-metric-learning does. The original DIML
 code instead takes ``R`` as the class size, query included, although the query is never
 retrieved, and averages over all queries; :func:`retrieval_metrics` reproduces it with
 ``include_query_in_r=True``, to compare with published numbers.
@@ -141,21 +143,36 @@ def _check_length(hits: jax.Array, relevant: jax.Array) -> None:
     )
 
 
-def num_relevant(labels: np.ndarray, *, include_query_in_r: bool = False) -> np.ndarray:
-  """``R`` of each item as a query against the others: its class size minus one.
+def num_relevant(labels: np.ndarray, gallery_labels: np.ndarray | None = None, *,
+                 include_query_in_r: bool = False) -> np.ndarray:
+  """``R`` of each query: the number of gallery items of its class.
 
   Args:
-    labels: ``[n]`` integer class labels of the gallery (which is also the query set).
-    include_query_in_r: count the query itself, as the original DIML code does.
+    labels: ``[q]`` integer class labels of the queries.
+    gallery_labels: ``[n]`` labels of a separate gallery (a query/gallery benchmark such
+      as In-Shop): ``R`` counts its items of the query's class. ``None``: the queries are
+      the gallery, each query against the others, and ``R`` is its class size minus one.
+    include_query_in_r: count the query itself, as the original DIML code does (only
+      without a separate gallery, where the query is one of the gallery's items).
 
   Returns:
-    ``[n]`` int32.
+    ``[q]`` int32.
   """
   labels = np.asarray(labels)
   if labels.ndim != 1:
-    raise ValueError(f"labels must be [n]; got shape {labels.shape}.")
-  _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-  return (counts[inverse] - (0 if include_query_in_r else 1)).astype(np.int32)
+    raise ValueError(f"labels must be [q]; got shape {labels.shape}.")
+  if gallery_labels is None:
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    return (counts[inverse] - (0 if include_query_in_r else 1)).astype(np.int32)
+  if include_query_in_r:
+    raise ValueError("include_query_in_r=True counts the query among its gallery's items; "
+                     "with a separate gallery the query is none of them: leave it False.")
+  gallery_labels = np.asarray(gallery_labels)
+  if gallery_labels.ndim != 1:
+    raise ValueError(f"gallery_labels must be [n]; got shape {gallery_labels.shape}.")
+  classes, inverse = np.unique(np.concatenate([gallery_labels, labels]), return_inverse=True)
+  counts = np.bincount(inverse[:gallery_labels.size], minlength=classes.size)
+  return counts[inverse[gallery_labels.size:]].astype(np.int32)
 
 
 def retrieval_metrics(

@@ -2,25 +2,30 @@
 import csv
 import json
 
+import jax
 import numpy as np
 import pytest
 
-from diml_jax import evaluation, matching
+from diml_jax import evaluation, matching, retrieval
 
 
-def brute_evaluate(g, labels, reorder=None, include_query_in_r=False, recall_ks=(1, 2, 4, 8)):
+def brute_evaluate(g, labels, reorder=None, include_query_in_r=False, recall_ks=(1, 2, 4, 8),
+                   is_query=None):
   """Per query: rank all other items by (-cosine, index) in float64 (``reorder`` may
   re-sort the list), then the metrics by their definitions, averaged over the counted
-  queries. The original DIML convention: R = class size and the query ranked last."""
+  queries. The original DIML convention: R = class size and the query ranked last.
+  With ``is_query``: the marked items are the queries, each ranking the unmarked ones."""
   gn = g / np.linalg.norm(g, axis=1, keepdims=True)
   s = gn.astype(np.float64) @ gn.T.astype(np.float64)
   n = len(labels)
+  queries = range(n) if is_query is None else [i for i in range(n) if is_query[i]]
+  gallery = range(n) if is_query is None else [j for j in range(n) if not is_query[j]]
   rows = []
-  for i in range(n):
-    ranked = sorted((j for j in range(n) if j != i), key=lambda j: (-s[i, j], j))
+  for i in queries:
+    ranked = sorted((j for j in gallery if j != i), key=lambda j: (-s[i, j], j))
     if reorder is not None:
       ranked = reorder(i, ranked)
-    r = int(np.sum(labels == labels[i])) - 1
+    r = sum(1 for j in gallery if j != i and labels[j] == labels[i])
     if include_query_in_r:
       ranked, r = ranked + [i], r + 1
     elif r == 0:
@@ -176,3 +181,138 @@ def test_embeddings_without_parts_rank_globally_only(tmp_path):
                                                     progress=False)["metrics"]["0"]
   with pytest.raises(ValueError, match=r"needs local features.*ks=\(0,\)"):
     evaluation.evaluate(loaded, ks=(0, 5), progress=False)
+
+
+# --------------------------------------------------------------------------------------
+# Queries against a separate gallery (In-Shop's protocol).
+
+
+def sinkhorn_score(x, y, gx, gy, eps=0.05):
+  """``structural + global`` of one pair in float64: cross-correlation marginals (uniform
+  where no part correlates positively), the entropic flow of cost ``1 - S`` by plain
+  kernel Sinkhorn run to convergence."""
+  unit = lambda v: np.asarray(v, np.float64) / np.linalg.norm(v, axis=-1, keepdims=True)
+  x, y, gx, gy = unit(x), unit(y), unit(gx), unit(gy)
+  s = x @ y.T
+
+  def marginal(correlations):
+    w = np.maximum(correlations, 0.0)
+    return w / w.sum() if w.sum() > 1e-6 else np.full(w.shape, 1.0 / w.size)
+
+  mu, nu = marginal(x @ gy), marginal(y @ gx)
+  kernel = np.exp(-(1.0 - s) / eps)
+  v = np.ones_like(nu)
+  for _ in range(20000):
+    u = mu / (kernel @ v)
+    v = nu / (kernel.T @ u)
+    if np.abs(u * (kernel @ v) - mu).sum() < 1e-12:
+      break
+  else:
+    raise AssertionError("the float64 Sinkhorn did not converge")
+  flow = u[:, None] * kernel * v[None, :]
+  return float(np.sum(flow * s) + gx @ gy)
+
+
+def _query_gallery_split(seed, queries=23, gallery=41, r=4, c=8):
+  """Queries and gallery interleaved; class 8 has queries only (R = 0), class 9 is in the
+  gallery only (a distractor)."""
+  rng = np.random.default_rng(seed)
+  labels = np.concatenate([rng.integers(0, 8, queries - 2), [8, 8],
+                           rng.integers(0, 8, gallery - 4), [9] * 4])
+  is_query = np.arange(queries + gallery) < queries
+  order = rng.permutation(queries + gallery)
+  labels, is_query = labels[order], is_query[order]
+  proto = rng.normal(size=(10, r, c))
+  x = (np.stack([proto[y][rng.permutation(r)] for y in labels])
+       + 1.2 * rng.normal(size=(len(labels), r, c))).astype(np.float32)
+  g = (x.mean(1) + 0.8 * rng.normal(size=(len(labels), c))).astype(np.float32)
+  return evaluation.Embeddings(g, x, labels, is_query=is_query)
+
+
+# 300 iterations, more than the float32 flows need to converge (a fixed count compiles
+# faster than the stopping rule's loop).
+CONVERGED = matching.SinkhornOptions(threshold=None, max_iterations=300)
+# Chunks of one query a device, whatever the number of queries: the tests below share
+# their compilations.
+ONE_PER_DEVICE = dict(chunk_per_device=1, rerank_chunk_per_device=1)
+
+
+def test_query_gallery_metrics_equal_brute_force():
+  """Each query ranked against the gallery only (no query, itself included, in any list),
+  R = the gallery's items of its class, R = 0 queries left out; the first K re-ranked by
+  a float64 Sinkhorn's structural + global; In-Shop's cut-offs, some beyond the gallery."""
+  emb = _query_gallery_split(7)
+  g, x, labels, _, is_query = emb
+  recall_ks = (1, 10, 20, 30, 40, 50)
+  res = evaluation.evaluate(emb, ks=(0, 5, 100), recall_ks=recall_ks, with_nmi=False,
+                            progress=False, options=CONVERGED, **ONE_PER_DEVICE)
+  gaps = []
+
+  def reorder(k):
+    def fn(i, ranked):
+      score = {j: sinkhorn_score(x[i], x[j], g[i], g[j]) for j in ranked[:k]}
+      head = sorted(ranked[:k], key=lambda j: -score[j])
+      # Neighbours in the order, one of the query's class and one not: their order counts.
+      gaps.extend(score[a] - score[b] for a, b in zip(head, head[1:])
+                  if (labels[a] == labels[i]) != (labels[b] == labels[i]))
+      return head + ranked[k:]
+    return fn
+
+  expected = {"0": None, "5": reorder(5), "100": reorder(41)}  # 100: the whole gallery
+  for k, fn in expected.items():
+    ref = brute_evaluate(g, labels, fn, recall_ks=recall_ks, is_query=is_query)
+    assert_metrics_equal(res["metrics"][k], ref)
+  assert min(gaps) > 1e-4  # no near-tie of a hit and a miss that float32 could swap
+  assert res["metrics"]["0"]["queries"] == 21  # the two class-8 queries are left out
+  assert res["metrics"]["5"] != res["metrics"]["0"] != res["metrics"]["100"]
+  assert (res["items"], res["gallery"], res["classes"]) == (64, 41, 10)
+  assert "queries 21 of 23 against a gallery of 41, 10 classes" in evaluation.format_table(res)
+
+
+def test_query_gallery_split_across_processes(monkeypatch):
+  """Two processes, each ranking its share of the queries (simulated on one: the
+  exchange is replaced by putting the two shares together), give the results of one."""
+  emb = _query_gallery_split(8)  # 23 queries: the last share is padded
+  kwargs = dict(ks=(0, 6, 100), with_nmi=False, progress=False, options=CONVERGED,
+                **ONE_PER_DEVICE)
+  alone = evaluation.evaluate(emb, across_processes=False, **kwargs)
+  shares = {}
+
+  class FirstShareDone(Exception):
+    pass
+
+  def exchange(local, q):
+    shares[jax.process_index()] = local
+    if len(shares) < 2:
+      raise FirstShareDone
+    return jax.tree.map(lambda *a: np.concatenate(a)[:q], shares[0], shares[1])
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(retrieval, "gather_queries", exchange)
+  for p in (0, 1):
+    monkeypatch.setattr(jax, "process_index", lambda p=p: p)
+    try:
+      split = evaluation.evaluate(emb, **kwargs)
+    except FirstShareDone:
+      pass
+  assert [len(shares[p][0]) for p in (0, 1)] == [12, 12]
+  assert split["metrics"] == alone["metrics"]
+
+
+def test_query_gallery_cache_nmi_and_bad_input(tmp_path):
+  """is_query survives the cache; NMI and F1 cluster queries and gallery together (as
+  without is_query); R with the query counted has no meaning against a gallery."""
+  emb = _query_gallery_split(9)
+  evaluation.save_embeddings(str(tmp_path / "emb.npz"), emb)
+  loaded = evaluation.load_embeddings(str(tmp_path / "emb.npz"))
+  np.testing.assert_array_equal(loaded.is_query, emb.is_query)
+  separate = evaluation.evaluate(loaded, ks=(0,), progress=False, kmeans_iterations=3)
+  together = evaluation.evaluate(loaded._replace(is_query=None), ks=(0,), progress=False,
+                                 kmeans_iterations=3)
+  assert (separate["nmi"], separate["f1"]) == (together["nmi"], together["f1"])
+  assert separate["metrics"] != together["metrics"] and together["gallery"] is None
+  with pytest.raises(ValueError, match="include_query_in_r=True.*separate gallery"):
+    evaluation.evaluate(emb, ks=(0,), include_query_in_r=True, progress=False)
+  for bad in (emb.is_query.astype(int), emb.is_query[1:], np.ones_like(emb.is_query)):
+    with pytest.raises(ValueError, match="is_query must be bool"):
+      evaluation.evaluate(emb._replace(is_query=bad), ks=(0,), progress=False)

@@ -95,6 +95,18 @@ def test_num_relevant_conventions():
       metrics.num_relevant(labels, include_query_in_r=True), [3, 3, 3, 2, 2, 1])
 
 
+def test_num_relevant_against_a_separate_gallery():
+  queries = np.array([7, 3, 9, 7, 5])
+  gallery = np.array([3, 7, 7, 3, 3, 4, 7])  # 4 is in the gallery only, 5 and 9 nowhere
+  expected = [sum(int(c == q) for c in gallery) for q in queries]  # [3, 3, 0, 3, 0]
+  np.testing.assert_array_equal(metrics.num_relevant(queries, gallery), expected)
+  assert metrics.num_relevant(queries, gallery).dtype == np.int32
+  with pytest.raises(ValueError, match="include_query_in_r=True.*separate gallery"):
+    metrics.num_relevant(queries, gallery, include_query_in_r=True)
+  with pytest.raises(ValueError, match=r"gallery_labels must be \[n\]"):
+    metrics.num_relevant(queries, gallery[None])
+
+
 def test_single_image_classes_are_left_out_by_default_and_count_zero_in_original():
   # Queries 0, 1: a class of two, each finds the other first. Query 2: a single image.
   hits = np.array([[1, 0], [1, 0], [0, 0]], bool)
