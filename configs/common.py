@@ -49,7 +49,8 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.data.image_size = 224    # random resized crop (train) / centre crop (test)
   c.data.resize_size = 256   # test images: shorter side before the centre crop
   c.data.num_workers = -1    # decoding processes; -1: one per core
-  c.data.max_test_per_class = 0  # evaluate on at most this many images a class (0 = all)
+  c.data.max_test_per_class = 0  # evaluate on at most this many images a class (0 = all;
+                                 # In-Shop: this many queries and gallery images a class)
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "resnet50"  # resnet18/34/50/101, efficientnet_lite0, bninception, ...
@@ -126,7 +127,7 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.eval.batch_size = 128
   c.eval.ks = (0, 5, 10, 50, 100, 500, 1000)  # re-ranking depths K (0 = global only)
   c.eval.recall_ks = RECALL_KS[dataset]  # Recall@k cut-offs (1 must be one: it picks the best)
-  c.eval.include_query_in_r = False  # True: the original code's R-Precision / MAP@R
+  c.eval.include_query_in_r = False  # True: the original code's R-Precision / MAP@R (not In-Shop)
   c.eval.with_nmi = True
 
   c.checkpoint_every_steps = 1000

@@ -4,7 +4,9 @@
 
 ``data.root`` is the benchmark's folder (``Eval/list_eval_partition.txt``, ``img/``). The
 test split is the 14,218 queries followed by the 12,612 gallery images
-(``diml_jax.data.inshop``); the benchmark ranks each query against the gallery only.
+(``diml_jax.data.inshop``); evaluation embeds it once and ranks each query against the
+gallery only (``diml_jax.evaluation.evaluate`` with ``Embeddings.is_query``), with the
+benchmark's Recall@1, 10, 20, 30, 40, 50.
 """
 from configs import common
 

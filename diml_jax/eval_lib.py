@@ -39,7 +39,9 @@ def embed(config: ml_collections.ConfigDict, model, variables: dict, dataset: da
 
   The batches are sharded over the mesh: each process decodes and embeds its rows of
   every batch (a multi-process run logs how many), and every process then gets the whole
-  result. Images that could not be decoded are left out, with a warning.
+  result. Images that could not be decoded are left out, with a warning. A query/gallery
+  split (In-Shop's test split) keeps its ``is_query`` in the embeddings, so that they are
+  evaluated as queries against the gallery.
   """
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   names = _outputs(config)
@@ -78,8 +80,9 @@ def embed(config: ml_collections.ConfigDict, model, variables: dict, dataset: da
     logging.warning("%d of %d %s images could not be decoded and are left out",
                     n - seen.sum(), n, dataset)
   found = dict(zip(names, (a[seen] for a in arrays)))
-  return evaluation.Embeddings(found["global"], found.get("local"), dataset.labels[seen],
-                               found.get("part_weights"))
+  return evaluation.Embeddings(
+      found["global"], found.get("local"), dataset.labels[seen], found.get("part_weights"),
+      None if dataset.is_query is None else dataset.is_query[seen])
 
 
 def _outputs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -106,7 +109,8 @@ def rerank_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def evaluate_embeddings(config: ml_collections.ConfigDict, embeddings: evaluation.Embeddings
                         ) -> dict[str, Any]:
-  """Global and multi-scale DIML retrieval metrics (DIML, ICCV 2021, Sec. 3.4)."""
+  """Global and multi-scale DIML retrieval metrics (DIML, ICCV 2021, Sec. 3.4); queries
+  against the gallery when the embeddings mark queries (In-Shop)."""
   return evaluation.evaluate(
       embeddings, ks=config.eval.ks, recall_ks=config.eval.recall_ks,
       include_query_in_r=config.eval.include_query_in_r,
@@ -127,7 +131,8 @@ def evaluate_model(config, model, variables: dict, dataset: data.Dataset, mesh: 
   re-ranking experiments with other ``ks``, partial mass or Sinkhorn options reuse it.
   ``embed_fn(variables)``, if given, embeds instead of running the model on the images
   (training on a frozen backbone embeds its cached feature maps:
-  :func:`diml_jax.feature_cache.embeddings`).
+  :func:`diml_jax.feature_cache.embeddings`). Embeddings of a query/gallery split carry
+  its ``is_query`` (in the cache too), and are evaluated as queries against the gallery.
   """
   name = f"embeddings_grid{config.model.grid_size}_px{config.data.image_size}"
   if config.matching.marginals == "weights":
@@ -139,7 +144,11 @@ def evaluate_model(config, model, variables: dict, dataset: data.Dataset, mesh: 
   if cached:
     logging.info("Embeddings from %s", cache)
     embeddings = evaluation.load_embeddings(cache)
-  else:
+    if (embeddings.is_query is None) != (dataset.is_query is None):
+      # Written before the split marked its queries (the same file on every process).
+      logging.info("%s does not mark the queries of %s: embedding again", cache, dataset)
+      cached = False
+  if not cached:
     if embed_fn is None:
       embeddings = embed(config, model, variables, dataset, mesh)
     else:
@@ -162,13 +171,16 @@ def write_explanations(config: ml_collections.ConfigDict, dataset: data.Dataset,
   For ``num_queries`` queries sampled with the config's seed: the top ``top_k`` by global
   cosine next to the top ``top_k`` after re-ranking the first ``rerank_k`` by DIML, each
   result linked to its flow figure; and for the first ``num_figures`` queries, the flow
-  figure of the query and its best DIML match as files.
+  figure of the query and its best DIML match as files. As in :func:`evaluate_embeddings`:
+  with ``embeddings.is_query`` (In-Shop) the queries are drawn from the query images and
+  their results from the gallery; otherwise from all images, each query's results from
+  the others.
 
   Returns:
     The report's path.
   """
   os.makedirs(out_dir, exist_ok=True)
-  g, x, labels, w = embeddings
+  g, x, labels, w, is_query = embeddings
   if len(labels) != len(dataset):
     raise ValueError("write_explanations needs the embeddings of every image of the data set.")
   if x is None:
@@ -176,17 +188,23 @@ def write_explanations(config: ml_collections.ConfigDict, dataset: data.Dataset,
                      "embeddings have no parts (DGML's grouping head); its group attention "
                      "maps are the model's aux['group_attention'] "
                      "(explain.relevance_figure draws them).")
+  # Image indices throughout (RetrievalRun's): the queries' and their results'.
+  everything = np.arange(len(labels))
+  pool = everything if is_query is None else np.flatnonzero(is_query)
+  gallery = everything if is_query is None else np.flatnonzero(~is_query)
   rng = np.random.default_rng(config.seed)
-  queries = np.sort(rng.choice(len(labels), min(num_queries, len(labels)), replace=False))
-  depth = min(max(top_k, rerank_k), len(labels) - 1)
-  nearest = retrieval.global_neighbours(g[queries], g, k=depth, self_index=queries)
+  queries = np.sort(rng.choice(pool, min(num_queries, pool.size), replace=False))
+  depth = min(max(top_k, rerank_k), gallery.size - (is_query is None))
+  nearest = gallery[retrieval.global_neighbours(
+      g[queries], g[gallery], k=depth,
+      self_index=queries if is_query is None else None).indices]
   options = rerank_options(config)
   rollout = options["marginals"] == "weights"
   scores = retrieval.rerank_scores(
-      x[queries], g[queries], x, g, nearest.indices,
+      x[queries], g[queries], x, g, nearest,
       marginals=(w[queries], w) if rollout else options["marginals"], mass=options["mass"],
       options=options["options"])
-  reranked = retrieval.multiscale_order(nearest.indices, scores, k=depth)
+  reranked = retrieval.multiscale_order(nearest, scores, k=depth)
   grid = config.model.grid_size
 
   def image(i):
@@ -200,7 +218,7 @@ def write_explanations(config: ml_collections.ConfigDict, dataset: data.Dataset,
                           options=options["options"])
 
   run = explain.RetrievalRun(
-      queries=queries, global_neighbours=nearest.indices[:, :top_k],
+      queries=queries, global_neighbours=nearest[:, :top_k],
       reranked_neighbours=reranked[:, :top_k], labels=labels, images=image,
       match_pair=match_pair, embeddings=g, grids=(grid, grid),
       class_names=dataset.class_names)

@@ -249,10 +249,13 @@ def make_mesh() -> Mesh:
 def load_split(config: ml_collections.ConfigDict, split: str) -> data.Dataset:
   """The data set's ``split``; the fallback data set if the first is not installed.
 
+  ``data.max_test_per_class`` keeps the first images of each test class (of a
+  query/gallery split, In-Shop's, as many of its queries and of its gallery images).
+
   Raises:
     UsageError: the data set is not where ``config.data.root`` says (the message shows
       the layout expected there and where to get the data set), or the package its
-      source needs is not installed.
+      source needs is not installed; ``eval.include_query_in_r`` on a query/gallery split.
   """
   kwargs = dict(root=config.data.root or None, source=config.data.source)
   try:
@@ -266,8 +269,14 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> data.Dataset:
     logging.warning("%s: %s\nUsing the %r data set instead.", config.data.name, e,
                     config.data.fallback)
     dataset = data.load(config.data.fallback, split)
-  if split == "test" and config.data.max_test_per_class:
-    dataset = dataset.subset(_per_class(dataset.labels, config.data.max_test_per_class))
+  if split == "test" and dataset.is_query is not None and config.eval.include_query_in_r:
+    raise UsageError(f"--config.eval.include_query_in_r=True counts each query in its own "
+                     f"gallery; {dataset} ranks its queries against a separate gallery: "
+                     f"leave it False.")
+  if split == "test" and config.data.max_test_per_class:  # per class and side
+    side = 0 if dataset.is_query is None else dataset.is_query
+    dataset = dataset.subset(_per_class(2 * dataset.labels + side,
+                                        config.data.max_test_per_class))
   return dataset
 
 

@@ -280,7 +280,7 @@ def train_batches(features: FeatureMaps, *, batch_size: int, images_per_class: i
 
 
 def embeddings(model, variables: dict, features: FeatureMaps, mesh: Mesh, *,
-               batch_size: int) -> evaluation.Embeddings:
+               batch_size: int, is_query: np.ndarray | None = None) -> evaluation.Embeddings:
   """The head's embeddings of a split's cached maps: what evaluation ranks.
 
   Args:
@@ -290,10 +290,13 @@ def embeddings(model, variables: dict, features: FeatureMaps, mesh: Mesh, *,
     features: the split's :class:`FeatureMaps`.
     mesh: the devices (batches split along ``"data"``).
     batch_size: the global batch size, divisible by the number of devices.
+    is_query: the split's ``Dataset.is_query`` (``bool [n]``, In-Shop's test split), or
+      ``None``.
 
   Returns:
     :class:`~diml_jax.evaluation.Embeddings` of the decoded images, in their order:
-    global ``[n, d]`` and local ``[n, g * g, d]`` (None for DGML's grouping head).
+    global ``[n, d]`` and local ``[n, g * g, d]`` (None for DGML's grouping head), and
+    which of them are queries.
   """
   batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   apply = _head_outputs(model, mesh)
@@ -308,4 +311,5 @@ def embeddings(model, variables: dict, features: FeatureMaps, mesh: Mesh, *,
     outputs.append(multihost_utils.process_allgather(out, tiled=True))
   outputs = jax.tree.map(lambda *parts: np.concatenate(parts)[:len(rows)], *outputs)
   global_, local = (outputs, None) if isinstance(model, models.GroupingModel) else outputs
-  return evaluation.Embeddings(global_, local, features.labels[rows])
+  return evaluation.Embeddings(global_, local, features.labels[rows],
+                               is_query=None if is_query is None else is_query[rows])

@@ -243,7 +243,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train_maps, batch_size=config.batch_size, images_per_class=config.images_per_class,
         seed=config.seed, start_step=start, num_steps=total_steps - start)
     embed_test = functools.partial(feature_cache.embeddings, model, features=test_maps,
-                                   mesh=mesh, batch_size=config.eval.batch_size)
+                                   mesh=mesh, batch_size=config.eval.batch_size,
+                                   is_query=test_set.is_query)
   else:
     batches = data.train_iterator(
         train_set, batch_size=config.batch_size, images_per_class=config.images_per_class,

@@ -21,8 +21,9 @@ The benchmark's split is by item: 25,882 training images of 3,997 items, and for
 * ``"test"``: the query images followed by the gallery images, as one
   :class:`~diml_jax.data.dataset.Dataset` whose ``is_query`` marks the queries. The
   benchmark's protocol ranks each query against the gallery only (never against other
-  queries); evaluation code that ignores ``is_query`` ranks every test image against all
-  others, which is a different, harder-to-compare number.
+  queries), as :mod:`diml_jax.eval_lib` evaluates it (the embeddings keep ``is_query``);
+  evaluation code that ignores ``is_query`` ranks every test image against all others,
+  which is a different, harder-to-compare number.
 
 Class ids are the items' numbers, the labels are contiguous within ``"train"`` and within
 the test items. This is the split the DML literature and the reference DGML code

@@ -11,6 +11,7 @@ import pytest
 
 from tests.data.fakes import class_images
 from tests.data.fakes import jpeg
+from tests.data.fakes import write_inshop
 
 
 @pytest.fixture
@@ -95,29 +96,7 @@ def sop_root(tmp_path: pathlib.Path) -> pathlib.Path:
   return root
 
 
-# (item number, evaluation status of each of its images), in list order; the test items'
-# query and gallery images are interleaved in the file as in the official list.
-INSHOP_ITEMS = [
-    (1, ["train"] * 4), (2, ["train"] * 4), (3, ["train"] * 4),
-    (7, ["query", "gallery", "query", "gallery"]),
-    (8, ["gallery", "query", "gallery", "gallery"]),
-    (9, ["gallery"] * 4),  # gallery only: a distractor class for the queries
-]
-
-
 @pytest.fixture
 def inshop_root(tmp_path: pathlib.Path) -> pathlib.Path:
   """In-Shop's ``Eval/list_eval_partition.txt`` + ``img/`` with 3 train and 3 test items."""
-  root = tmp_path / "inshop"
-  rng = np.random.default_rng(4)
-  rows = []
-  for position, (item, statuses) in enumerate(INSHOP_ITEMS):
-    folder = f"img/{'WOMEN' if item % 2 else 'MEN'}/Dresses/id_{item:08d}"
-    (root / folder).mkdir(parents=True)
-    for k, (blob, status) in enumerate(zip(class_images(rng, position), statuses)):
-      (root / folder / f"0{k}_1_front.jpg").write_bytes(blob)
-      rows.append(f"{folder}/0{k}_1_front.jpg  id_{item:08d}  {status}")
-  (root / "Eval").mkdir()
-  header = [str(len(rows)), "image_name item_id evaluation_status"]
-  (root / "Eval" / "list_eval_partition.txt").write_text("\n".join(header + rows) + "\n")
-  return root
+  return write_inshop(tmp_path / "inshop")

@@ -1,5 +1,6 @@
 """Tiny encoded images for the miniature archives of the tests."""
 import io
+import pathlib
 import struct
 import zlib
 
@@ -36,3 +37,30 @@ def png_header(width: int, height: int) -> bytes:
             + struct.pack(">I", zlib.crc32(kind + payload)))
   ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
   return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"")
+
+
+# (item number, evaluation status of each of its images), in list order; the test items'
+# query and gallery images are interleaved in the file as in the official list.
+INSHOP_ITEMS = [
+    (1, ["train"] * 4), (2, ["train"] * 4), (3, ["train"] * 4),
+    (7, ["query", "gallery", "query", "gallery"]),
+    (8, ["gallery", "query", "gallery", "gallery"]),
+    (9, ["gallery"] * 4),  # gallery only: a distractor class for the queries
+]
+
+
+def write_inshop(root: pathlib.Path) -> pathlib.Path:
+  """In-Shop's ``Eval/list_eval_partition.txt`` + ``img/`` of :data:`INSHOP_ITEMS` under
+  ``root``: 12 training images (the corrupt ones among them), 3 queries, 9 gallery images."""
+  rng = np.random.default_rng(4)
+  rows = []
+  for position, (item, statuses) in enumerate(INSHOP_ITEMS):
+    folder = f"img/{'WOMEN' if item % 2 else 'MEN'}/Dresses/id_{item:08d}"
+    (root / folder).mkdir(parents=True)
+    for k, (blob, status) in enumerate(zip(class_images(rng, position), statuses)):
+      (root / folder / f"0{k}_1_front.jpg").write_bytes(blob)
+      rows.append(f"{folder}/0{k}_1_front.jpg  id_{item:08d}  {status}")
+  (root / "Eval").mkdir()
+  header = [str(len(rows)), "image_name item_id evaluation_status"]
+  (root / "Eval" / "list_eval_partition.txt").write_text("\n".join(header + rows) + "\n")
+  return root
