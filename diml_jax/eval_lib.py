@@ -7,7 +7,6 @@ evaluations.
 """
 from __future__ import annotations
 
-import collections
 from absl import logging
 import os
 from typing import Any, Callable
@@ -19,7 +18,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diml_jax import checkpoints as checkpoint_lib
-from diml_jax import data, evaluation, experiment, explain, matching, retrieval
+from diml_jax import data, embedding, evaluation, experiment, explain, matching, retrieval
 from diml_jax.data import images as image_lib
 from diml_jax.errors import UsageError
 from diml_jax.experiment import DATA_AXIS
@@ -49,36 +48,9 @@ def embed(config: ml_collections.ConfigDict, model, variables: dict, dataset: da
       lambda v, x: _select(model.apply(v, x, train=False), names),
       in_shardings=(NamedSharding(mesh, P()), batch_sharding), out_shardings=batch_sharding,
   )
-  batches = data.eval_iterator(
-      dataset, batch_size=config.eval.batch_size, image_size=config.data.image_size,
-      resize_size=config.data.resize_size, normalization=experiment.normalization(model),
-      num_workers=None if config.data.num_workers < 0 else config.data.num_workers,
-  )
-  host = collections.deque()  # index and mask stay on the host, in step with the images
-
-  def images():
-    for batch in batches:
-      host.append((batch["index"], batch["mask"]))
-      yield {"image": batch["image"]}
-
-  n = len(dataset)
-  arrays = None
-  seen = np.zeros(n, bool)
-  for batch in data.device_prefetch(images(), batch_sharding):
-    outs = multihost_utils.process_allgather(apply(variables, batch["image"]), tiled=True)
-    index, mask = (multihost_utils.process_allgather(a, tiled=True) for a in host.popleft())
-    if arrays is None:
-      arrays = [np.zeros((n, *o.shape[1:]), np.float32) for o in outs]
-    keep = mask & (index >= 0)
-    for array, out in zip(arrays, outs):
-      array[index[keep]] = out[keep]
-    seen[index[keep]] = True
-  if jax.process_count() > 1:
-    logging.info("Process %d of %d embedded %d of the %d images of %s", jax.process_index(),
-                 jax.process_count(), batches.decoded, n, dataset)
-  if not seen.all():
-    logging.warning("%d of %d %s images could not be decoded and are left out",
-                    n - seen.sum(), n, dataset)
+  arrays, seen = embedding.embed_split(
+      config, model, dataset, mesh, lambda images: apply(variables, images),
+      lambda shapes: [np.zeros((len(dataset), *shape), np.float32) for shape in shapes])
   found = dict(zip(names, (a[seen] for a in arrays)))
   return evaluation.Embeddings(
       found["global"], found.get("local"), dataset.labels[seen], found.get("part_weights"),

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diml_jax import data, models
+from diml_jax import data, models, moved_keys
 from diml_jax.errors import UsageError
 from diml_jax.losses import registry
 
@@ -55,22 +55,16 @@ def _one_of(name: str, value: Any, allowed) -> None:
     raise UsageError(f"--config.{name}={value!r} is not one of {tuple(allowed)}.")
 
 
-# Keys of earlier versions -> where they went.
-_MOVED = {"sinkhorn": "matching (epsilon, threshold, max_iterations, ...)",
-          "loss.marginals": "matching.marginals ('rollout' is now 'weights')",
-          "loss.partial_mass": "matching.mass"}
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Checks a config's values, so that a mistake fails at once and names the key.
 
   Raises:
     UsageError: a value is not allowed; the message names its key and the fix.
   """
-  for old, new in _MOVED.items():
+  for old in moved_keys.MOVED:
     section, _, key = old.rpartition(".")
     if key in (config.get(section, {}) if section else config):
-      raise UsageError(f"--config.{old} has moved: set --config.{new} instead.")
+      raise UsageError(moved_keys.moved_message(old))
   _one_of("data.name", config.data.name, data.NAMES)
   _one_of("data.source", config.data.source, ("files", "tfds"))
   if config.data.fallback:

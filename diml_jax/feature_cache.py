@@ -48,11 +48,10 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diml_jax import data, evaluation, experiment, models
+from diml_jax import data, embedding, evaluation, models
 from diml_jax.data import sampler
 from diml_jax.models import pretrained
 from diml_jax.experiment import DATA_AXIS
@@ -164,39 +163,18 @@ def _embed_into(config, model, variables, dataset, mesh, path: pathlib.Path) -> 
   """
   path.parent.mkdir(parents=True, exist_ok=True)
   temporary = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".partial"))
-  batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
   apply = _backbone_outputs(model, mesh)
-  batches = data.eval_iterator(
-      dataset, batch_size=config.eval.batch_size, image_size=config.data.image_size,
-      resize_size=config.data.resize_size, normalization=experiment.normalization(model),
-      num_workers=None if config.data.num_workers < 0 else config.data.num_workers)
-  n = len(dataset)
-  arrays: dict[str, np.ndarray] = {}
-  kept = np.zeros(n, bool)
-  bar = tqdm.tqdm(batches, total=-(-n // config.eval.batch_size), unit="batch", leave=False,
-                  desc=f"embedding {dataset.name}/{dataset.split}",
-                  disable=jax.process_index() != 0)
+
+  def memory_maps(shapes):
+    return [np.lib.format.open_memmap(temporary / f"{field}.npy", "w+", np.float32,
+                                      (len(dataset), *shape))
+            for field, shape in zip(("pooled", "feature_map"), shapes)]
+
   try:
-    for batch in bar:
-      pooled, feature_map = multihost_utils.process_allgather(
-          apply(variables, _global(batch["image"], batch_sharding)), tiled=True)
-      index, mask = (multihost_utils.process_allgather(batch[k], tiled=True)
-                     for k in ("index", "mask"))
-      if not arrays:  # the shapes are known now
-        arrays = {
-            "pooled": np.lib.format.open_memmap(
-                temporary / "pooled.npy", "w+", np.float32, (n, *pooled.shape[1:])),
-            "feature_map": np.lib.format.open_memmap(
-                temporary / "feature_map.npy", "w+", np.float32, (n, *feature_map.shape[1:])),
-        }
-      keep = mask & (index >= 0)
-      arrays["pooled"][index[keep]] = pooled[keep]
-      arrays["feature_map"][index[keep]] = feature_map[keep]
-      kept[index[keep]] = True
-    if not kept.all():
-      logging.warning("%d of %d %s images could not be decoded and are left out",
-                      n - kept.sum(), n, dataset)
-    for array in arrays.values():
+    arrays, kept = embedding.embed_split(
+        config, model, dataset, mesh, lambda images: apply(variables, images), memory_maps,
+        desc=f"embedding {dataset.name}/{dataset.split}")
+    for array in arrays:
       array.flush()
     np.save(temporary / "labels.npy", np.asarray(dataset.labels, np.int32))
     np.save(temporary / "kept.npy", kept)
@@ -207,7 +185,6 @@ def _embed_into(config, model, variables, dataset, mesh, path: pathlib.Path) -> 
       if not path.is_dir():
         raise
   finally:
-    bar.close()
     shutil.rmtree(temporary, ignore_errors=True)
 
 

@@ -18,6 +18,7 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
+from diml_jax import moved_keys
 from diml_jax.errors import UsageError
 
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -83,7 +84,9 @@ def parse_flags(argv: list[str], *, saved_config: str | None = None) -> list[str
     _check_config_file(config.split(":", 1)[0])
   try:
     return flags.FLAGS(argv)
-  except AttributeError as e:  # ml_collections: "'key'\nDid you mean ...?"
+  # ml_collections: AttributeError "'key'\nDid you mean ...?" for a key, KeyError for a
+  # section on the path to one (--config.nope.key).
+  except (AttributeError, KeyError) as e:
     message = _unknown_key(e, argv)
     if message is None:
       raise
@@ -140,15 +143,20 @@ def _check_run_directory(workdir: str) -> None:
         f"--config=configs/<name>.py.")
 
 
-def _unknown_key(error: AttributeError, argv: list[str]) -> str | None:
-  """The message for an override of a config key that does not exist (None: not that)."""
+def _unknown_key(error: Exception, argv: list[str]) -> str | None:
+  """The message for an override of a config key that does not exist, or that has moved
+  (:mod:`diml_jax.moved_keys`); None: not that."""
+  overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+  for name in overrides:
+    moved = moved_keys.moved_message(name[len("--config."):])
+    if moved:
+      return moved
   message = error
   while isinstance(message, BaseException) and message.args:  # KeyError inside
     message = message.args[0]
   key, _, hint = str(message).partition("\n")
   key = key.strip("'\"")
-  names = [a.split("=")[0] for a in argv[1:]
-           if a.startswith("--config.") and a.split("=")[0].endswith(f".{key}")]
+  names = [n for n in overrides if n.endswith(f".{key}") or f".{key}." in n]
   if not names:
     return None
   return (f"{names[0]}: the config has no key {key!r}. "

@@ -23,7 +23,8 @@ from diml_jax import losses, matching, miners
 B, R, C = 12, 4, 8
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 4, 5])  # classes 4 and 5 have one image
 N_CLASSES = 6
-TIGHT = matching.SinkhornOptions(threshold=1e-5, max_iterations=3000)  # for diml_jax
+TIGHT = losses.StructuralOptions(  # for diml_jax
+    solver=matching.SinkhornOptions(threshold=1e-5, max_iterations=3000))
 
 
 def features(seed=0, b=B, labels=LABELS):
@@ -335,7 +336,7 @@ def test_multi_similarity_diml_matches_reference():
   """End to end through the matching: features -> DIML similarity of all pairs -> loss."""
   x = features(4)
   q = Quantities(x, structural=True)
-  check(lambda a: losses.multi_similarity_diml(a, LABELS, options=TIGHT), (jnp.asarray(x),),
+  check(lambda a: losses.multi_similarity_diml(a, LABELS, structural=TIGHT), (jnp.asarray(x),),
         ref_multi_similarity(q, LABELS, "complete_anchors"), q.leaf)
 
 
@@ -346,7 +347,7 @@ def test_margin_diml_matches_reference():
   beta = torch.tensor(BETA, requires_grad=True)
   partners = picks(losses.euclidean_distance(jnp.asarray(x).mean(1)))
   assert len(partners) == 2 * B - 2  # the two singletons have no positive
-  check(lambda a, bt: losses.margin_diml(a, LABELS, bt, KEY, options=TIGHT),
+  check(lambda a, bt: losses.margin_diml(a, LABELS, bt, KEY, structural=TIGHT),
         (jnp.asarray(x), jnp.asarray(BETA, jnp.float32)),
         ref_margin(q, LABELS, beta, partners), [q.leaf, beta])
 
@@ -366,12 +367,12 @@ def test_structural_quantities_match_reference():
   want = reference_matrices(x, proxies)
   xj = jnp.asarray(x)
   off = ~np.eye(B, dtype=bool)
-  got = losses.structural_matrix(xj, quantity="similarity", options=TIGHT)
+  got = losses.structural_matrix(xj, quantity="similarity", structural=TIGHT)
   np.testing.assert_allclose(np.asarray(got)[off], want["similarity"][off], atol=2e-5)
   partners = (np.arange(B)[:, None] + np.array([[1, 5, 7]])) % B
-  got = losses.structural_partners(xj, jnp.asarray(partners), options=TIGHT)
+  got = losses.structural_partners(xj, jnp.asarray(partners), structural=TIGHT)
   np.testing.assert_allclose(got, np.take_along_axis(want["distance"], partners, 1), atol=2e-5)
-  got = losses.structural_matrix(xj, y=jnp.asarray(proxies, jnp.float32), options=TIGHT)
+  got = losses.structural_matrix(xj, y=jnp.asarray(proxies, jnp.float32), structural=TIGHT)
   np.testing.assert_allclose(got, want["proxy"], atol=2e-5)
 
 
@@ -480,6 +481,11 @@ def test_beta_trains_with_its_own_learning_rate():
      "triplets must be"),
     (lambda: losses.structural_matrix(np.ones((4, 2, 8)), np.ones((4, 7))), "g must be global"),
     (lambda: losses.structural_partners(np.ones((4, 2, 8)), np.ones((4, 2))), "partners must be"),
+    (lambda: losses.structural_matrix(np.ones((4, 2, 8)), structural=TIGHT.solver),
+     "structural must be a losses.StructuralOptions"),
+    (lambda: losses.StructuralOptions(mass=1.5), r"mass.*\(0, 1\]"),
+    (lambda: losses.StructuralOptions(mesh=jax.make_mesh((1,), ("data",)), axis_name="batch"),
+     "must name axes of the mesh"),
     (lambda: losses.proxy_anchor_loss(np.ones((3, 5)), np.arange(4)), r"\[b, n_classes\]"),
     (lambda: losses.cosine_similarity(np.ones((4, 8)), np.ones((3, 6))), "same d"),
 ])

@@ -161,9 +161,9 @@ def test_diml_capable_losses_run_on_the_structural_quantity(name):
   key = jax.random.key(4)
   got = registry.build(config, None)(params, g, aux, LABELS, key)
   config.loss.diml = False
-  options = registry.matching_options(config)
-  sim = losses.structural_matrix(aux["local"], g, quantity="similarity", options=options)
-  dist = losses.structural_matrix(aux["local"], g, quantity="distance", options=options)
+  options = losses.StructuralOptions(solver=registry.matching_options(config))
+  sim = losses.structural_matrix(aux["local"], g, quantity="similarity", structural=options)
+  dist = losses.structural_matrix(aux["local"], g, quantity="distance", structural=options)
   pairs = registry.PairQuantities(config, None, "data")
   pairs.similarity = lambda *_: sim
   pairs.distance = lambda *_: dist

@@ -31,13 +31,13 @@ def core_losses(x, beta, proxies, proxy_parts, mesh):
   """Each sharded structural path once, and every loss on its matrices, as ``[n]``."""
   labels = jnp.asarray(LABELS)
   key = jax.random.key(0)
-  shard = dict(mesh=mesh, axis_name="data")
+  shard = losses.StructuralOptions(mesh=mesh, axis_name="data")
   g = x.mean(1)
-  distance = losses.structural_matrix(x, quantity="distance", **shard)
-  similarity = losses.structural_matrix(x, quantity="similarity", **shard)
+  distance = losses.structural_matrix(x, quantity="distance", structural=shard)
+  similarity = losses.structural_matrix(x, quantity="similarity", structural=shard)
   w, w_proxy = jax.nn.sigmoid(x[..., 0]), jax.nn.sigmoid(proxy_parts[..., 0])
   values = [
-      losses.margin_diml(x, labels, beta, key, **shard),  # matrix and picked partners
+      losses.margin_diml(x, labels, beta, key, structural=shard),  # matrix and picked partners
       losses.margin_global(g, labels, beta, key),
       losses.multi_similarity_loss(similarity, labels),
       losses.multi_similarity_loss(losses.cosine_similarity(g), labels),
@@ -47,8 +47,8 @@ def core_losses(x, beta, proxies, proxy_parts, mesh):
       # Part weights (as a ViT's rollout gives) and partial similarity against proxies:
       # the weights are split and gathered with the parts.
       losses.proxy_anchor_loss(losses.structural_matrix(
-          x, y=proxy_parts, quantity="similarity", marginals=(w, w_proxy), mass=0.6,
-          **shard), labels),
+          x, y=proxy_parts, quantity="similarity",
+          structural=shard.replace(marginals=(w, w_proxy), mass=0.6)), labels),
   ]
   return jnp.stack([v.loss for v in values])
 
@@ -57,17 +57,16 @@ def all_losses(x, beta, proxies, proxy_parts, mesh):
   """Every loss, global and DIML, as one vector ``[n]`` (mesh=None: no sharding)."""
   labels = jnp.asarray(LABELS)
   key = jax.random.key(0)
-  shard = dict(mesh=mesh, axis_name="data")
+  shard = losses.StructuralOptions(mesh=mesh, axis_name="data")
   values = [
-      losses.multi_similarity_diml(x, labels, **shard),
+      losses.multi_similarity_diml(x, labels, structural=shard),
       losses.proxy_anchor_loss(losses.structural_matrix(
-          x, y=proxy_parts, quantity="similarity", **shard), labels),
+          x, y=proxy_parts, quantity="similarity", structural=shard), labels),
   ]
-  w = jax.nn.sigmoid(x[..., 0])
-  weighted = dict(marginals=w, mass=0.6, **shard)
+  weighted = shard.replace(marginals=jax.nn.sigmoid(x[..., 0]), mass=0.6)
   values += [
-      losses.margin_diml(x, labels, beta, key, **weighted),
-      losses.multi_similarity_diml(x, labels, **weighted),
+      losses.margin_diml(x, labels, beta, key, structural=weighted),
+      losses.multi_similarity_diml(x, labels, structural=weighted),
   ]
   return jnp.concatenate([core_losses(x, beta, proxies, proxy_parts, mesh),
                           jnp.stack([v.loss for v in values])])

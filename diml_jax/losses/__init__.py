@@ -6,8 +6,9 @@ pytorch-metric-learning's decomposition (matrix -> miner masks from :mod:`diml_j
 -> per-element loss -> reduction), with masks instead of index lists so that everything
 compiles under ``jit``. The matrix is either global (:func:`cosine_similarity`,
 :func:`euclidean_distance`) or DIML's (:func:`structural_matrix`,
-:func:`structural_partners`, optionally split over a device mesh). Every loss returns a
-:class:`LossOutput` ``(loss, active_fraction, selected)``.
+:func:`structural_partners`, matched and optionally split over a device mesh as one
+:class:`StructuralOptions` says). Every loss returns a :class:`LossOutput` ``(loss,
+active_fraction, selected)``.
 
 Pair and tuple losses:
 
@@ -39,6 +40,7 @@ from diml_jax.losses.proxy_anchor import init_proxies, proxy_anchor_loss, proxy_
 from diml_jax.losses.proxy_nca import init_proxy_nca, proxy_nca_loss
 from diml_jax.losses.quadruplet import quadruplet_loss
 from diml_jax.losses.quantities import (
+    StructuralOptions,
     cosine_similarity,
     euclidean_distance,
     inner_product,
@@ -52,6 +54,7 @@ from diml_jax.losses.triplet import triplet_loss
 
 __all__ = [
     "LossOutput",
+    "StructuralOptions",
     "angular_loss",
     "arcface_loss",
     "centroid_similarity",

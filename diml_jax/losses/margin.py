@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 
-from diml_jax import matching, miners
+from diml_jax import miners
 from diml_jax.losses import quantities
 from diml_jax.losses._reduce import LossOutput, average_nonzero
 
@@ -153,11 +152,7 @@ def margin_diml(
     margin: float = 0.2,
     cutoff: float = 0.5,
     nonzero_loss_cutoff: float | None = None,
-    marginals: quantities.Marginals = "cross",
-    mass: float = 1.0,
-    mesh: Mesh | None = None,
-    axis_name: str | tuple[str, ...] = "data",
-    options: matching.SinkhornOptions | None = None,
+    structural: quantities.StructuralOptions = quantities.StructuralOptions(),
 ) -> LossOutput:
   """Margin loss with DIML: the papers' ``margin_diml`` criterion, batched.
 
@@ -183,23 +178,21 @@ def margin_diml(
     margin: see :func:`margin_loss`.
     cutoff: see :func:`miners.distance_weighted`.
     nonzero_loss_cutoff: see :func:`miners.distance_weighted`.
-    marginals, mass, options, mesh, axis_name: how the pairs are matched (``"uniform"``
-      marginals are the published ``use_uniform``) and split over devices; see
-      :func:`quantities.structural_matrix`.
+    structural: how the pairs are matched (``"uniform"`` marginals are the published
+      ``use_uniform``) and split over devices, :class:`quantities.StructuralOptions`.
 
   Returns:
     :class:`LossOutput` of :func:`margin_loss`.
 
   References:
+    Wu, Manmatha, Smola, Krähenbühl. Sampling Matters in Deep Embedding Learning.
+    ICCV 2017, Sec. 4-5 (the sampling and the loss);
     Zhao, Rao, Wang, Lu, Zhou. Towards Interpretable Deep Metric Learning with Structural
-    Matching. ICCV 2021, Sec. 3.4.
+    Matching. ICCV 2021, Sec. 3.4 (on DIML's quantity).
   """
-  local_features = quantities.check_locals("local_features", local_features)
-  labels = miners.check_labels(labels, local_features.shape[0])
+  local_features, labels = quantities.check_batch(local_features, labels)
   g = quantities.global_vectors("global_features", global_features, local_features)
   picked = _sample(key, g, labels, cutoff, nonzero_loss_cutoff)
-  d = quantities.structural_partners(
-      local_features, picked.partners, g, quantity="distance", marginals=marginals,
-      mass=mass, mesh=mesh, axis_name=axis_name, options=options,
-  )
+  d = quantities.structural_partners(local_features, picked.partners, g, quantity="distance",
+                                     structural=structural)
   return margin_loss(d, labels, beta, margin=margin, pairs=picked.pairs)

@@ -17,9 +17,8 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 
-from diml_jax import matching, miners
+from diml_jax import miners
 from diml_jax.losses import quantities
 from diml_jax.losses._reduce import LossOutput, log1p_sum_exp
 
@@ -100,11 +99,7 @@ def multi_similarity_diml(
     margin: float = 0.1,
     threshold: float = 0.5,
     reduction: Reduction = "complete_anchors",
-    marginals: quantities.Marginals = "cross",
-    mass: float = 1.0,
-    mesh: Mesh | None = None,
-    axis_name: str | tuple[str, ...] = "data",
-    options: matching.SinkhornOptions | None = None,
+    structural: quantities.StructuralOptions = quantities.StructuralOptions(),
 ) -> LossOutput:
   """Multi-similarity loss with DIML: the papers' ``multisimilarity_diml`` criterion.
 
@@ -118,22 +113,21 @@ def multi_similarity_diml(
     global_features: ``[b, c]``; by default the mean of the local features (as published).
     pos_weight, neg_weight, margin, threshold, reduction: see
       :func:`multi_similarity_loss`.
-    marginals, mass, options, mesh, axis_name: how the pairs are matched and split over
-      devices; see :func:`quantities.structural_matrix`.
+    structural: how the pairs are matched and split over devices,
+      :class:`quantities.StructuralOptions`.
 
   Returns:
     :class:`LossOutput` of :func:`multi_similarity_loss`.
 
   References:
+    Wang, Han, Huang, Dong, Scott. Multi-Similarity Loss with General Pair Weighting for
+    Deep Metric Learning. CVPR 2019, Sec. 4 (the loss);
     Zhao, Rao, Wang, Lu, Zhou. Towards Interpretable Deep Metric Learning with Structural
-    Matching. ICCV 2021, Sec. 3.4.
+    Matching. ICCV 2021, Sec. 3.4 (on DIML's quantity).
   """
-  local_features = quantities.check_locals("local_features", local_features)
-  labels = miners.check_labels(labels, local_features.shape[0])
-  s = quantities.structural_matrix(
-      local_features, global_features, quantity="similarity", marginals=marginals,
-      mass=mass, mesh=mesh, axis_name=axis_name, options=options,
-  )
+  local_features, labels = quantities.check_batch(local_features, labels)
+  s = quantities.structural_matrix(local_features, global_features, quantity="similarity",
+                                   structural=structural)
   return multi_similarity_loss(
       s, labels, pos_weight=pos_weight, neg_weight=neg_weight, margin=margin,
       threshold=threshold, reduction=reduction,

@@ -6,7 +6,10 @@ quantity for all pairs of the batch (``[b, b]``, or ``[b, m]`` against other par
 as spatial proxies), :func:`structural_partners` only for picked pairs (``[b, k]``, each
 anchor against its own ``k`` partners), both through :mod:`diml_jax.matching`.
 
-**Sharded.** With ``mesh`` and ``axis_name`` the batch is split along ``axis_name``: each
+How pairs are matched (marginals, partial mass, solver options) and where (a device mesh)
+travels as one :class:`StructuralOptions`.
+
+**Sharded.** With its ``mesh`` and ``axis_name`` the batch is split along ``axis_name``: each
 device matches its own rows against the all-gathered batch (``jax.shard_map`` with
 ``jax.lax.all_gather``), so the ``O(b²)`` matching work is divided among the devices and
 the result (and its gradient, whose all-gather transposes to a reduce-scatter) equals the
@@ -16,6 +19,7 @@ back sharded by rows and the losses of :mod:`diml_jax.losses` run on it unchange
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Literal
 
@@ -26,12 +30,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from diml_jax import matching, miners
 
 __all__ = [
+    "check_batch",
     "check_class_similarity",
     "check_embeddings",
     "cosine_similarity",
     "euclidean_distance",
     "inner_product",
     "replicated",
+    "StructuralOptions",
     "structural_matrix",
     "structural_partners",
 ]
@@ -118,6 +124,12 @@ def check_locals(name: str, x) -> jax.Array:
   return x
 
 
+def check_batch(local_features, labels) -> tuple[jax.Array, jax.Array]:
+  """``(local_features [b, r, c], labels [b])`` of a DIML loss, checked against each other."""
+  local_features = check_locals("local_features", local_features)
+  return local_features, miners.check_labels(labels, local_features.shape[0])
+
+
 def global_vectors(name: str, g, x: jax.Array) -> jax.Array:
   """The global vectors ``[b, c]`` of local features ``x [b, r, c]``; by default
   :func:`matching.default_global` (the mean of the raw local features)."""
@@ -132,26 +144,75 @@ def global_vectors(name: str, g, x: jax.Array) -> jax.Array:
   return g
 
 
-def _devices(mesh: Mesh | None, axis_name, b: int) -> int:
-  """Number of shards along ``axis_name`` (1 without a mesh); checks that ``b`` divides."""
-  if mesh is None:
-    return 1
-  if not isinstance(mesh, Mesh):
-    raise ValueError(f"mesh must be a jax.sharding.Mesh or None; got {type(mesh).__name__}.")
-  names = axis_name if isinstance(axis_name, tuple) else (axis_name,)
-  missing = [a for a in names if a not in mesh.axis_names]
-  if missing:
-    raise ValueError(
-        f"axis_name {axis_name!r} must name axes of the mesh {mesh.axis_names}; "
-        f"{missing} are not."
-    )
-  n = math.prod(mesh.shape[a] for a in names)
+@dataclasses.dataclass(frozen=True)
+class StructuralOptions:
+  """How the structural quantities match pairs and split the batch: one object from the
+  config (:class:`diml_jax.losses.registry.PairQuantities`) to every DIML quantity.
+
+  Attributes:
+    marginals: ``"cross"`` (default), ``"uniform"``, or each image's part weights
+      ``[b, r]`` (e.g. a ViT's truncated attention rollout pooled to the grid; split and
+      gathered with the batch), or against other part sets ``y`` a pair ``(weights of x
+      [b, r], weights of y [m, r2])``.
+    mass: ``p`` in ``(0, 1]``, partial similarity: only ``p`` of the weight is matched
+      and the structural terms are on the scale of :class:`matching.Matching` (means
+      over the matched parts); 1 is ordinary matching.
+    solver: the solver's :class:`matching.SinkhornOptions` (``None``: the defaults).
+    mesh: a device mesh to split the batch's rows over, or ``None`` for no explicit
+      sharding.
+    axis_name: the mesh axis (or axes) the batch is split along.
+  """
+
+  marginals: Marginals = "cross"
+  mass: float = 1.0
+  solver: matching.SinkhornOptions | None = None
+  mesh: Mesh | None = None
+  axis_name: str | tuple[str, ...] = "data"
+
+  def __post_init__(self):
+    object.__setattr__(self, "mass", matching.check_mass(self.mass))
+    object.__setattr__(self, "solver", matching.check_options(self.solver))
+    if self.mesh is None:
+      return
+    if not isinstance(self.mesh, Mesh):
+      raise ValueError(
+          f"mesh must be a jax.sharding.Mesh or None; got {type(self.mesh).__name__}.")
+    missing = [a for a in self.axes if a not in self.mesh.axis_names]
+    if missing:
+      raise ValueError(
+          f"axis_name {self.axis_name!r} must name axes of the mesh {self.mesh.axis_names}; "
+          f"{missing} are not."
+      )
+
+  @property
+  def axes(self) -> tuple[str, ...]:
+    """:attr:`axis_name` as a tuple of axis names."""
+    return self.axis_name if isinstance(self.axis_name, tuple) else (self.axis_name,)
+
+  def replace(self, **changes) -> StructuralOptions:
+    """A copy with ``changes`` (checked again)."""
+    return dataclasses.replace(self, **changes)
+
+
+def _check_structural(structural) -> StructuralOptions:
+  if not isinstance(structural, StructuralOptions):
+    raise ValueError(f"structural must be a losses.StructuralOptions; got "
+                     f"{type(structural).__name__} {structural!r}.")
+  return structural
+
+
+def _gatherer(structural: StructuralOptions, b: int):
+  """A function that all-gathers a per-device shard of the batch along the mesh axis (the
+  identity on one shard); checks that the batch ``b`` divides over the shards."""
+  if structural.mesh is None:
+    return lambda a: a
+  n = math.prod(structural.mesh.shape[a] for a in structural.axes)
   if b % n:
     raise ValueError(
         f"the batch (b={b}) must divide evenly over the {n} devices of mesh axis "
-        f"{axis_name!r}."
+        f"{structural.axis_name!r}."
     )
-  return n
+  return lambda a: jax.lax.all_gather(a, structural.axis_name, tiled=True) if n > 1 else a
 
 
 def _check_weights(name: str, w, x: jax.Array) -> jax.Array:
@@ -185,11 +246,16 @@ def _marginal_weights(marginals, x: jax.Array, y: jax.Array | None):
                    _check_weights("marginals[1]", marginals[1], y))
 
 
-def _shard_map(fn, mesh, in_specs, out_specs):
+def _rows(fn, args: tuple, specs: tuple, structural: StructuralOptions) -> jax.Array:
+  """``fn(*args)``; with a mesh, each device runs ``fn`` on its shards (``specs``) and the
+  result ``[b, ...]`` comes back sharded by rows."""
+  if structural.mesh is None:
+    return fn(*args)
   # check_vma=False: OTT's Sinkhorn has a lax.cond whose branches differ in their
   # varying-manual-axes types under shard_map, which the checker rejects. Gradients are
   # unaffected (tests/test_losses_sharded.py compares them with a single device).
-  return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+  return jax.shard_map(fn, mesh=structural.mesh, in_specs=specs,
+                       out_specs=P(structural.axis_name, None), check_vma=False)(*args)
 
 
 def structural_matrix(
@@ -199,11 +265,7 @@ def structural_matrix(
     gy: jax.Array | None = None,
     *,
     quantity: Quantity = "similarity",
-    marginals: Marginals = "cross",
-    mass: float = 1.0,
-    options: matching.SinkhornOptions | None = None,
-    mesh: Mesh | None = None,
-    axis_name: str | tuple[str, ...] = "data",
+    structural: StructuralOptions = StructuralOptions(),
 ) -> jax.Array:
   """One DIML quantity for every pair of the batch, or of the batch and other part sets.
 
@@ -217,16 +279,9 @@ def structural_matrix(
     quantity: ``"similarity"`` (``(sum T⊙S + <g_a, g_b>) / 2``, the multi-similarity
       loss's), ``"distance"`` (``(sum T⊙D + ||g_a - g_b||) / 2``, the margin loss's) or
       ``"structural"`` (``sum T⊙S``); see :func:`matching.pairwise`.
-    marginals: ``"cross"`` (default), ``"uniform"``, or each image's part weights
-      ``[b, r]`` (e.g. a ViT's truncated attention rollout pooled to the grid; split
-      and gathered with ``x``), or with ``y`` a pair ``(weights of x [b, r], weights of
-      y [m, r2])``.
-    mass: ``p`` in ``(0, 1]``, partial similarity: only ``p`` of the weight is matched
-      and the structural terms are on the scale of :class:`matching.Matching` (means
-      over the matched parts); 1 is ordinary matching.
-    mesh: a device mesh to split the rows over, or ``None`` for no explicit sharding.
-    axis_name: the mesh axis (or axes) the batch is split along.
-    options: the solver's :class:`matching.SinkhornOptions`.
+    structural: marginals, partial mass, solver options and mesh
+      (:class:`StructuralOptions`; by default cross-correlation marginals, whole mass,
+      the default solver, no mesh).
 
   Returns:
     ``[b, m]`` (``m = b`` by default); with a mesh, sharded by rows along ``axis_name``.
@@ -235,15 +290,15 @@ def structural_matrix(
   Raises:
     ValueError: shapes that do not fit, or a batch that does not divide over the mesh.
   """
+  o = _check_structural(structural)
   x = check_locals("x", x)
   g = global_vectors("g", g, x)
-  n = _devices(mesh, axis_name, x.shape[0])
   own = y is None
   if not own:
     y = check_locals("y", y)
     gy = global_vectors("gy", gy, y)
-  kind, weights = _marginal_weights(marginals, x, y)
-  gather = lambda a: jax.lax.all_gather(a, axis_name, tiled=True) if n > 1 else a
+  kind, weights = _marginal_weights(o.marginals, x, y)
+  gather = _gatherer(o, x.shape[0])
 
   def rows(xl, gl, *rest):
     if own:  # every device needs the whole batch as columns
@@ -255,16 +310,15 @@ def structural_matrix(
       wl, wb = w if w else (None, None)
     pair_marginals = kind if wl is None else (wl, wb)
     return matching.pairwise(xl, yb, gl, gb, quantity=quantity, marginals=pair_marginals,
-                             mass=mass, options=options)
+                             mass=o.mass, options=o.solver)
 
+  split = P(o.axis_name)
   args = (x, g) if own else (x, g, y, gy)
-  specs = (P(axis_name), P(axis_name)) + (() if own else (P(), P()))
+  specs = (split, split) + (() if own else (P(), P()))
   if weights:
     args += weights
-    specs += (P(axis_name),) + ((P(),) if len(weights) == 2 else ())
-  if mesh is None:
-    return rows(*args)
-  return _shard_map(rows, mesh, specs, P(axis_name, None))(*args)
+    specs += (split,) + ((P(),) if len(weights) == 2 else ())
+  return _rows(rows, args, specs, o)
 
 
 def structural_partners(
@@ -273,11 +327,7 @@ def structural_partners(
     g: jax.Array | None = None,
     *,
     quantity: Quantity = "distance",
-    marginals: Marginals = "cross",
-    mass: float = 1.0,
-    options: matching.SinkhornOptions | None = None,
-    mesh: Mesh | None = None,
-    axis_name: str | tuple[str, ...] = "data",
+    structural: StructuralOptions = StructuralOptions(),
 ) -> jax.Array:
   """One DIML quantity between each image and ``k`` partners picked from the batch.
 
@@ -290,20 +340,17 @@ def structural_partners(
     partners: indices into the (global) batch, ``[b, k]`` int.
     g: global vectors ``[b, c]``; by default the mean of the unnormalised local features.
     quantity: ``"distance"`` (default), ``"similarity"`` or ``"structural"``.
-    marginals: ``"cross"``, ``"uniform"`` or each image's part weights ``[b, r]`` (see
-      :func:`structural_matrix`).
-    mass: ``p``, the partial mass (see :func:`structural_matrix`).
-    mesh: a device mesh to split the anchors over, or ``None``.
-    axis_name: the mesh axis (or axes) the batch is split along.
-    options: the solver's :class:`matching.SinkhornOptions`.
+    structural: as :func:`structural_matrix` (part weights ``[b, r]`` only: the
+      partners are images of the batch); with a mesh the anchors are split.
 
   Returns:
     ``[b, k]``: entry ``[i, j]`` is the quantity between image ``i`` and image
     ``partners[i, j]``; with a mesh, sharded by rows.
 
   Raises:
-    ValueError: shapes that do not fit, or a batch that does not divide over the mesh.
+    ValueError: as :func:`structural_matrix`, or ``partners`` not ``[b, k]`` integers.
   """
+  o = _check_structural(structural)
   x = check_locals("x", x)
   g = global_vectors("g", g, x)
   partners = jnp.asarray(partners)
@@ -313,18 +360,14 @@ def structural_partners(
         f"partners must be int indices [{x.shape[0]}, k]; got "
         f"{partners.dtype}{list(partners.shape)}."
     )
-  n = _devices(mesh, axis_name, x.shape[0])
-  kind, weights = _marginal_weights(marginals, x, None)
-  gather = lambda a: jax.lax.all_gather(a, axis_name, tiled=True) if n > 1 else a
+  kind, weights = _marginal_weights(o.marginals, x, None)
+  gather = _gatherer(o, x.shape[0])
 
   def rows(xl, gl, pl, *wl):  # each anchor's partners, gathered from the batch by rerank
     pair_marginals = (wl[0], gather(wl[0])) if wl else kind
     return matching.rerank(
         xl, gather(xl), gl, gather(gl), indices=pl, quantity=quantity,
-        marginals=pair_marginals, mass=mass, options=options)
+        marginals=pair_marginals, mass=o.mass, options=o.solver)
 
   args = (x, g, partners) + (weights or ())
-  if mesh is None:
-    return rows(*args)
-  spec = P(axis_name)
-  return _shard_map(rows, mesh, (spec,) * len(args), P(axis_name, None))(*args)
+  return _rows(rows, args, (P(o.axis_name),) * len(args), o)

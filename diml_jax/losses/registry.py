@@ -87,31 +87,32 @@ class PairQuantities:
   Built once from the config. The structural quantities are those of ``aux["local"]``
   ``[b, r, d]`` with ``config.matching``: its marginals (cross-correlation, uniform, or
   ``"weights"``: a ViT's ``aux["part_weights"]``), partial mass and solver options, split
-  over ``mesh``.
+  over ``mesh`` (one :class:`quantities.StructuralOptions`).
   """
 
   def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh | None, axis_name: str):
     self.diml = bool(config.loss.diml)
     self._marginals = config.matching.marginals
-    self._options = dict(mass=config.matching.mass, options=matching_options(config),
-                         mesh=mesh, axis_name=axis_name)
+    self._structural = quantities.StructuralOptions(
+        mass=config.matching.mass, solver=matching_options(config), mesh=mesh,
+        axis_name=axis_name)
 
-  def _structural(self, aux: dict) -> dict:
+  def _options(self, aux: dict) -> quantities.StructuralOptions:
     marginals = aux["part_weights"] if self._marginals == "weights" else self._marginals
-    return dict(marginals=marginals, **self._options)
+    return self._structural.replace(marginals=marginals)
 
   def similarity(self, g: jax.Array, aux: dict) -> jax.Array:
     """``[b, b]``: cosine of the global embeddings, or DIML's similarity."""
     if self.diml:
       return quantities.structural_matrix(aux["local"], g, quantity="similarity",
-                                          **self._structural(aux))
+                                          structural=self._options(aux))
     return quantities.cosine_similarity(g)
 
   def distance(self, g: jax.Array, aux: dict) -> jax.Array:
     """``[b, b]``: Euclidean distance of the unit global embeddings, or DIML's distance."""
     if self.diml:
       return quantities.structural_matrix(aux["local"], g, quantity="distance",
-                                          **self._structural(aux))
+                                          structural=self._options(aux))
     return quantities.euclidean_distance(g)
 
   def partner_distance(self, g: jax.Array, aux: dict, partners: jax.Array) -> jax.Array:
@@ -119,7 +120,7 @@ class PairQuantities:
     ``b k`` matchings instead of ``b²``)."""
     if self.diml:
       return quantities.structural_partners(aux["local"], partners, g, quantity="distance",
-                                            **self._structural(aux))
+                                            structural=self._options(aux))
     return jnp.take_along_axis(quantities.euclidean_distance(g), partners, axis=1)
 
 
