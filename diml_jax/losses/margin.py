@@ -184,7 +184,8 @@ def margin_diml(
     cutoff: see :func:`miners.distance_weighted`.
     nonzero_loss_cutoff: see :func:`miners.distance_weighted`.
     marginals, mass, options, mesh, axis_name: how the pairs are matched (``"uniform"``
-      marginals are the published ``use_uniform``) and split over devices; see
+      marginals are the published ``use_uniform``, ``"cross_swapped"`` the published
+      criterion's default) and split over devices; see
       :func:`quantities.structural_matrix`.
 
   Returns:

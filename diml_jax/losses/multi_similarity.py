@@ -118,8 +118,9 @@ def multi_similarity_diml(
     global_features: ``[b, c]``; by default the mean of the local features (as published).
     pos_weight, neg_weight, margin, threshold, reduction: see
       :func:`multi_similarity_loss`.
-    marginals, mass, options, mesh, axis_name: how the pairs are matched and split over
-      devices; see :func:`quantities.structural_matrix`.
+    marginals, mass, options, mesh, axis_name: how the pairs are matched
+      (``"cross_swapped"``: as the published criterion) and split over devices; see
+      :func:`quantities.structural_matrix`.
 
   Returns:
     :class:`LossOutput` of :func:`multi_similarity_loss`.

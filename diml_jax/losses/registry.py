@@ -85,8 +85,9 @@ class PairQuantities:
   """What the pair losses compare: the global embeddings, or DIML's structural quantity.
 
   Built once from the config. The structural quantities are those of ``aux["local"]``
-  ``[b, r, d]`` with ``config.matching``: its marginals (cross-correlation, uniform, or
-  ``"weights"``: a ViT's ``aux["part_weights"]``), partial mass and solver options, split
+  ``[b, r, d]`` with ``config.matching``: its marginals (cross-correlation, the
+  published criteria's swapped form, uniform, or ``"weights"``: a ViT's
+  ``aux["part_weights"]``), partial mass and solver options, split
   over ``mesh``.
   """
 
