@@ -100,7 +100,11 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   # Structural matching (diml_jax.matching), as training, its losses, re-ranking, the
   # evaluation and the report all use it.
   c.matching = ml_collections.ConfigDict()
-  c.matching.marginals = "cross"   # or "uniform", or "weights" (ViTs: attention rollout)
+  # "cross": the paper's cross-correlation marginals (and the published evaluation's);
+  # "cross_swapped": the published training criteria's form, the two images' roles
+  # swapped, with which the published models were trained; "uniform"; or "weights"
+  # (ViTs: attention rollout). README, "Differences from the original code".
+  c.matching.marginals = "cross"
   c.matching.mass = 1.0            # p: matched fraction of part weight (partial similarity)
   c.matching.epsilon = 0.05        # the rest: matching.SinkhornOptions, the papers' values
   c.matching.threshold = 1e-3

@@ -157,8 +157,9 @@ def evaluate(
     ks: re-ranking depths ``K`` (0 = global only).
     recall_ks: cut-offs of Recall@k.
     include_query_in_r: the original DIML code's ``R`` (see above).
-    marginals: ``"cross"`` (default), ``"uniform"``, or ``"weights"`` (the embeddings'
-      part weights) for the structural matching.
+    marginals: a kind of :data:`diml_jax.matching.MARGINAL_KINDS` (default ``"cross"``,
+      as the published evaluation), or ``"weights"`` (the embeddings' part weights) for
+      the structural matching.
     mass: ``p`` of partial similarity in re-ranking (1: ordinary matching); the
       structural term is on the scale of :class:`diml_jax.matching.Matching`.
     with_nmi: compute NMI and F1 (k-means is the slowest step on a CPU for many classes).

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diml_jax import data, models, moved_keys
+from diml_jax import data, matching, models, moved_keys
 from diml_jax.errors import UsageError
 from diml_jax.losses import registry
 
@@ -45,7 +45,7 @@ PRETRAINED = ("resnet50", "efficientnet_lite0", "bninception")
 # Classifier keys of weight files, left out (the models have no classifier).
 _CLASSIFIERS = {"vit": ("head.",), "cnn": ("fc.", "_fc.", "last_linear.")}
 HEADS = ("embedding", "grouping")
-MARGINALS = ("cross", "uniform", "weights")
+MARGINALS = matching.MARGINAL_KINDS + ("weights",)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DATA_AXIS = "data"
 

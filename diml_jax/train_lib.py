@@ -50,9 +50,10 @@ def make_loss(config: ml_collections.ConfigDict, mesh: Mesh | None) -> LossFn:
   ``embedding`` and ``aux`` are the model's outputs. The loss is ``config.loss.name``'s
   entry of :mod:`diml_jax.losses.registry`. With DIML (``loss.diml``) a pair loss runs
   on the structural quantity of ``aux["local"]`` ``[b, r, d]``, whose part weights (the
-  transport marginals) are ``matching.marginals``: cross-correlation, uniform, or
-  ``"weights"``, a ViT's truncated attention rollout ``aux["part_weights"]`` ``[b, r]``;
-  with ``matching.mass`` ``p < 1`` only ``p`` of each image's weight is matched and the
+  transport marginals) are ``matching.marginals``: cross-correlation (``"cross"``, or
+  ``"cross_swapped"`` as the published criteria compute it), uniform, or ``"weights"``,
+  a ViT's truncated attention rollout ``aux["part_weights"]`` ``[b, r]``; with
+  ``matching.mass`` ``p < 1`` only ``p`` of each image's weight is matched and the
   structural terms are means over the matched parts (the scale of
   :class:`diml_jax.matching.Matching`); the other ``matching`` keys are the solver's
   options (:func:`diml_jax.losses.registry.matching_options`).

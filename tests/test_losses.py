@@ -27,6 +27,11 @@ TIGHT = losses.StructuralOptions(  # for diml_jax
     solver=matching.SinkhornOptions(threshold=1e-5, max_iterations=3000))
 
 
+def tight(marginals):
+  """:data:`TIGHT` with other marginals."""
+  return losses.StructuralOptions(marginals=marginals, solver=TIGHT.solver)
+
+
 def features(seed=0, b=B, labels=LABELS):
   """Local features ``[b, r, c]``: a class prototype per part, noise, a shared direction.
 
@@ -40,8 +45,13 @@ def features(seed=0, b=B, labels=LABELS):
 
 
 # --- independent references -------------------------------------------------------------
-def sinkhorn64(x, y, gx, gy, eps=0.05, tol=1e-11):
-  """float64 DIML flow between raw local features ``x [r, c]`` and ``y``, converged."""
+def sinkhorn64(x, y, gx, gy, eps=0.05, tol=1e-11, marginals="cross"):
+  """float64 DIML flow between raw local features ``x [r, c]`` and ``y``, converged.
+
+  ``marginals``: ``"cross"``, the paper's (a part of x weighs its correlation with y's
+  global vector), or ``"cross_swapped"``, the published criteria's ``cross_attention``
+  (x's parts get the weights relu(<g_x, y_i>) of y's parts, and y's those of x's).
+  """
   unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
   x, y, gx, gy = (unit(np.asarray(a, np.float64)) for a in (x, y, gx, gy))
   S = x @ y.T
@@ -49,6 +59,8 @@ def sinkhorn64(x, y, gx, gy, eps=0.05, tol=1e-11):
   prob = lambda w: (np.maximum(w, 0) / np.maximum(w, 0).sum() if np.maximum(w, 0).sum() > 1e-6
                     else np.full(len(w), 1.0 / len(w)))
   mu, nu = prob(x @ gy), prob(y @ gx)
+  if marginals == "cross_swapped":
+    mu, nu = prob(y @ gx), prob(x @ gy)
   K = np.exp(-(1.0 - S) / eps)
   c = np.ones(len(y))
   for i in range(50_000):
@@ -66,8 +78,9 @@ def diml_pair(x, y, T, quantity):
   T = torch.from_numpy(T)
   if quantity == "similarity":
     return ((T * (xn @ yn.T)).sum() + gx @ gy) / 2
-  d_local = torch.sqrt(((xn[:, None] - yn[None]) ** 2).sum(-1) + 1e-8)
-  return ((T * d_local).sum() + torch.sqrt(((gx - gy) ** 2).sum() + 1e-8)) / 2
+  # The published criteria/margin_diml.py adds 1e-6 under both square roots.
+  d_local = torch.sqrt(((xn[:, None] - yn[None]) ** 2).sum(-1) + 1e-6)
+  return ((T * d_local).sum() + torch.sqrt(((gx - gy) ** 2).sum() + 1e-6)) / 2
 
 
 def global_pair(x, y, quantity):
@@ -84,10 +97,11 @@ class Quantities:
   ``"proxy"``: the cosine of image ``i``'s global vector and proxy ``j``.
   """
 
-  def __init__(self, x, structural, proxies=None):
+  def __init__(self, x, structural, proxies=None, marginals="cross"):
     self.x = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     self.leaf = self.x
     self.structural = structural
+    self.marginals = marginals
     self.proxies = None if proxies is None else F.normalize(torch.from_numpy(proxies), dim=1)
     self._cache = {}
 
@@ -97,7 +111,7 @@ class Quantities:
         value = F.normalize(self.x[i].mean(0), dim=0) @ self.proxies[j]
       elif self.structural:
         x = self.x.detach().numpy()
-        T = sinkhorn64(x[i], x[j], x[i].mean(0), x[j].mean(0))
+        T = sinkhorn64(x[i], x[j], x[i].mean(0), x[j].mean(0), marginals=self.marginals)
         value = diml_pair(self.x[i], self.x[j], T, quantity)
       else:
         value = global_pair(self.x[i], self.x[j], quantity)
@@ -332,22 +346,26 @@ def test_losses_on_structural_matrices_match_reference(name):
   check(lambda m: ours(dict(m, global_distance=gd)), (args,), ref(q, gd), q.leaf)
 
 
-def test_multi_similarity_diml_matches_reference():
-  """End to end through the matching: features -> DIML similarity of all pairs -> loss."""
+@pytest.mark.parametrize("marginals", ["cross", "cross_swapped"])
+def test_multi_similarity_diml_matches_reference(marginals):
+  """End to end through the matching: features -> DIML similarity of all pairs -> loss,
+  with the paper's marginals and with the published criterion's swapped ones."""
   x = features(4)
-  q = Quantities(x, structural=True)
-  check(lambda a: losses.multi_similarity_diml(a, LABELS, structural=TIGHT), (jnp.asarray(x),),
-        ref_multi_similarity(q, LABELS, "complete_anchors"), q.leaf)
+  q = Quantities(x, structural=True, marginals=marginals)
+  check(lambda a: losses.multi_similarity_diml(a, LABELS, structural=tight(marginals)),
+        (jnp.asarray(x),), ref_multi_similarity(q, LABELS, "complete_anchors"), q.leaf)
 
 
-def test_margin_diml_matches_reference():
+@pytest.mark.parametrize("marginals", [
+    "cross", pytest.param("cross_swapped", marks=pytest.mark.slow)])  # test_matching's rerank
+def test_margin_diml_matches_reference(marginals):
   """End to end: sampling on the global vectors, DIML distance of the 2b picked pairs."""
   x = features(5)
-  q = Quantities(x, structural=True)
+  q = Quantities(x, structural=True, marginals=marginals)
   beta = torch.tensor(BETA, requires_grad=True)
   partners = picks(losses.euclidean_distance(jnp.asarray(x).mean(1)))
   assert len(partners) == 2 * B - 2  # the two singletons have no positive
-  check(lambda a, bt: losses.margin_diml(a, LABELS, bt, KEY, structural=TIGHT),
+  check(lambda a, bt: losses.margin_diml(a, LABELS, bt, KEY, structural=tight(marginals)),
         (jnp.asarray(x), jnp.asarray(BETA, jnp.float32)),
         ref_margin(q, LABELS, beta, partners), [q.leaf, beta])
 
@@ -486,6 +504,10 @@ def test_beta_trains_with_its_own_learning_rate():
     (lambda: losses.StructuralOptions(mass=1.5), r"mass.*\(0, 1\]"),
     (lambda: losses.StructuralOptions(mesh=jax.make_mesh((1,), ("data",)), axis_name="batch"),
      "must name axes of the mesh"),
+    (lambda: losses.structural_matrix(np.ones((4, 2, 8)), structural=tight("swapped")),
+     r"marginals must be one of \('cross', 'cross_swapped', 'uniform'\)"),
+    (lambda: losses.structural_matrix(np.ones((4, 2, 8)), y=np.ones((3, 5, 8)),
+                                      structural=tight("cross_swapped")), "same number of parts"),
     (lambda: losses.proxy_anchor_loss(np.ones((3, 5)), np.arange(4)), r"\[b, n_classes\]"),
     (lambda: losses.cosine_similarity(np.ones((4, 8)), np.ones((3, 6))), "same d"),
 ])

@@ -33,8 +33,12 @@ def reference(x, y, gx=None, gy=None, marginals="cross", tol=1e-13):
   gy = _unit(y.mean(0) if gy is None else np.asarray(gy, np.float64))
   x, y = _unit(x), _unit(y)
   S = x @ y.T
-  if marginals == "cross":
+  if marginals == "cross":  # the paper's: a part of x by its correlation with y's global
     mu, nu = _probability(x @ gy), _probability(y @ gx)
+  elif marginals == "cross_swapped":
+    # The published training criteria (cross_attention): the row marginal, over x's
+    # parts, is relu(<g_x, y_i>) normalised, the column marginal relu(<g_y, x_j>).
+    mu, nu = _probability(y @ gx), _probability(x @ gy)
   elif marginals == "uniform":
     mu, nu = np.full(len(x), 1 / len(x)), np.full(len(y), 1 / len(y))
   else:
@@ -146,6 +150,31 @@ def test_uniform_and_given_marginals_match_reference():
   check_against_reference(m, xs, ys, sim_tol=1e-5, flow_tol=1e-5, marginals=(mu, nu))
 
 
+def test_swapped_cross_form_matches_reference_and_needs_one_grid():
+  """The published criteria's swapped marginals: match and rerank against the float64
+  reference (the paper's form is checked throughout this file; the symmetric pairwise
+  below runs both)."""
+  xs, ys = batch("relu", 4, seed=21)
+  swapped = matching.match(xs, ys, marginals="cross_swapped", options=FINE)
+  check_against_reference(swapped, xs, ys, sim_tol=1e-5, flow_tol=1e-5,
+                          marginals="cross_swapped")
+  idx = np.array([[1, 3], [0, 2], [3, 3], [2, 0]])
+  reranked = matching.rerank(xs, ys, indices=idx, marginals="cross_swapped", options=FINE)
+  for i in range(4):
+    for k in range(2):
+      want = reference(xs[i], ys[idx[i, k]], marginals="cross_swapped")[0]
+      assert abs(reranked[i, k] - want) < 1e-5
+    # The paper's problem of the same pair: the marginals exchanged, another similarity.
+    paper, _, _, mu, nu = reference(xs[i], ys[i])
+    np.testing.assert_allclose(swapped.mu[i], nu, atol=1e-6)
+    np.testing.assert_allclose(swapped.nu[i], mu, atol=1e-6)
+    assert abs(float(swapped.similarity[i]) - paper) > 1e-3
+  with pytest.raises(ValueError, match="r1=16 and r2=9: use the same grid"):
+    matching.match(xs, ys[:, :9], marginals="cross_swapped")
+  with pytest.raises(ValueError, match="same number of parts"):
+    matching.pairwise(xs, ys[:, :9], marginals="cross_swapped")
+
+
 def test_training_quantities_match_reference():
   xs, ys = batch("relu", 6, seed=5)
   rng = np.random.default_rng(1)
@@ -160,6 +189,16 @@ def test_training_quantities_match_reference():
     D = np.linalg.norm(xu[:, None] - yu[None], axis=-1)
     want = ((T * D).sum() + np.linalg.norm(ga - gb)) / 2
     assert abs(float(dist[i]) - want) < 1e-4
+
+
+def test_distance_floors_are_the_published_criteria_ones():
+  """Identical unit vectors: DIML's distance is sqrt(0 + 1e-6) in both its terms (the
+  published criteria/margin_diml.py), a global one sqrt(0 + 1e-8) (criteria/margin.py)."""
+  x = np.eye(4, dtype=np.float32)[:, None]  # [4, 1, 4]: one part each, exact unit vectors
+  np.testing.assert_allclose(matching.diml_distance(x, x), 1e-3, rtol=1e-5)
+  np.testing.assert_allclose(np.diag(matching.pairwise(x, x, quantity="distance")), 1e-3,
+                             rtol=1e-5)
+  np.testing.assert_allclose(matching.unit_distance(jnp.ones(4)), 1e-4, rtol=1e-5)
 
 
 def test_contributions_decompose_the_similarity():
@@ -217,7 +256,7 @@ TIGHT = matching.SinkhornOptions(threshold=1e-6, max_iterations=2000)
 
 
 @pytest.mark.parametrize("quantity,marginals,mass", [
-    ("structural", "cross", 1.0),
+    ("structural", "cross_swapped", 1.0),  # "cross", the default: the two tests below
     ("similarity", "uniform", 1.0),
     ("distance", "weights", 0.6),
 ])
@@ -238,15 +277,14 @@ def test_symmetric_pairwise_solves_each_unordered_pair_once_like_the_full_path(
   np.testing.assert_array_equal(sym, sym.T)
   off = ~np.eye(11, dtype=bool)
   np.testing.assert_allclose(sym[off], full[off], atol=1e-5)
-  # An image against itself: the distance sqrt(2 - 2 S_ii + 1e-8) of identical parts
+  # An image against itself: the distance sqrt(2 - 2 S_ii + 1e-6) of identical parts
   # turns the rounding of S_ii = 1 (which depends on the tile's shape) into ~1e-4.
   np.testing.assert_allclose(np.diag(sym), np.diag(full),
                              atol=1e-3 if quantity == "distance" else 1e-5)
   assert np.abs(full - full.T).max() > 0  # the full path solves both orders on its own
   if mass == 1.0 and quantity != "distance":
-    m = marginals if marginals == "uniform" else "cross"
     for i, j in [(0, 0), (2, 9), (10, 4)]:
-      ref = reference(xs[i], xs[j], gxs[i], gxs[j], marginals=m)[0]
+      ref = reference(xs[i], xs[j], gxs[i], gxs[j], marginals=marginals)[0]
       if quantity == "similarity":
         ref = 0.5 * (ref + _unit(gxs[i].astype(np.float64)) @ _unit(gxs[j].astype(np.float64)))
       assert abs(sym[i, j] - ref) < 1e-5
@@ -289,7 +327,7 @@ def test_symmetric_pairwise_gradient_equals_the_full_path(quantity):
   gxs = jnp.asarray(rng.normal(size=(6, 16)), jnp.float32)
   weights = jnp.asarray(rng.normal(size=(6, 6)), jnp.float32)  # not symmetric
   if quantity == "distance":
-    # An image against itself: D = sqrt(2 - 2 S + 1e-8) at S_ii = 1, whose slope ~1e4
+    # An image against itself: D = sqrt(2 - 2 S + 1e-6) at S_ii = 1, whose slope ~1e3
     # turns the rounding of S_ii (which differs with the order of the contraction) into
     # gradient differences of ~3e-5; the losses mask that diagonal.
     weights = weights * (1.0 - jnp.eye(6))

@@ -97,8 +97,8 @@ def _reference_matrices(global_, aux):
       m = matching.match(local[a], local[b], global_[a], global_[b], mass=MASS,
                          marginals=(weights[a], weights[b]))
       s, flow = np.asarray(m.part_similarity, np.float64), np.asarray(m.flow, np.float64)
-      local_d = np.sqrt(np.maximum(2 - 2 * s, 0) + 1e-8)
-      global_d = np.sqrt(max(2 - 2 * g[a] @ g[b], 0) + 1e-8)
+      local_d = np.sqrt(np.maximum(2 - 2 * s, 0) + 1e-6)  # criteria/margin_diml.py's floor
+      global_d = np.sqrt(max(2 - 2 * g[a] @ g[b], 0) + 1e-6)
       similarity[a, b] = (float(m.similarity) + g[a] @ g[b]) / 2
       distance[a, b] = ((flow * local_d).sum() / MASS + global_d) / 2
   return similarity, distance

@@ -179,7 +179,8 @@ def margin_diml(
     cutoff: see :func:`miners.distance_weighted`.
     nonzero_loss_cutoff: see :func:`miners.distance_weighted`.
     structural: how the pairs are matched (``"uniform"`` marginals are the published
-      ``use_uniform``) and split over devices, :class:`quantities.StructuralOptions`.
+      ``use_uniform``, ``"cross_swapped"`` the published criterion's default) and split
+      over devices, :class:`quantities.StructuralOptions`.
 
   Returns:
     :class:`LossOutput` of :func:`margin_loss`.

@@ -113,8 +113,8 @@ def multi_similarity_diml(
     global_features: ``[b, c]``; by default the mean of the local features (as published).
     pos_weight, neg_weight, margin, threshold, reduction: see
       :func:`multi_similarity_loss`.
-    structural: how the pairs are matched and split over devices,
-      :class:`quantities.StructuralOptions`.
+    structural: how the pairs are matched (``"cross_swapped"`` marginals: as the
+      published criterion) and split over devices, :class:`quantities.StructuralOptions`.
 
   Returns:
     :class:`LossOutput` of :func:`multi_similarity_loss`.

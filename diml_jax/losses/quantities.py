@@ -43,8 +43,10 @@ __all__ = [
 ]
 
 Quantity = Literal["structural", "similarity", "distance"]
-# "cross", "uniform", or part weights [b, r] (a pair of them against other part sets).
-Marginals = Literal["cross", "uniform"] | jax.Array | tuple[jax.Array, jax.Array]
+# A kind of matching.MARGINAL_KINDS, or part weights [b, r] (a pair of them against other
+# part sets).
+Marginals = (Literal["cross", "cross_swapped", "uniform"] | jax.Array
+             | tuple[jax.Array, jax.Array])
 
 
 def check_embeddings(name: str, x) -> jax.Array:
@@ -100,10 +102,11 @@ def euclidean_distance(x: jax.Array, y: jax.Array | None = None, *,
                        normalize: bool = True) -> jax.Array:
   """Euclidean distances of the L2-normalised ``x [b, d]`` and ``y [m, d]`` -> ``[b, m]``.
 
-  ``sqrt(2 - 2 cos + 1e-8)``: the distance between unit vectors, with a floor that keeps
-  the gradient finite for identical embeddings (as ``matching.diml_distance``'s global
-  term). ``normalize=False``: between the embeddings as they are (the lifted-structure
-  loss's), ``sqrt(|x|² + |y|² - 2 <x, y> + 1e-8)``.
+  ``sqrt(2 - 2 cos + 1e-8)``: the distance between unit vectors, with the floor of the
+  published margin loss on global embeddings (``criteria/margin.py``), which keeps the
+  gradient finite for identical embeddings (``matching.diml_distance`` adds the published
+  DIML criterion's 1e-6 instead). ``normalize=False``: between the embeddings as they
+  are (the lifted-structure loss's), ``sqrt(|x|² + |y|² - 2 <x, y> + 1e-8)``.
   """
   if normalize:
     return matching.unit_distance(cosine_similarity(x, y))
@@ -150,7 +153,8 @@ class StructuralOptions:
   config (:class:`diml_jax.losses.registry.PairQuantities`) to every DIML quantity.
 
   Attributes:
-    marginals: ``"cross"`` (default), ``"uniform"``, or each image's part weights
+    marginals: ``"cross"`` (default), ``"cross_swapped"`` (the published criteria's, see
+      :func:`matching.match`), ``"uniform"``, or each image's part weights
       ``[b, r]`` (e.g. a ViT's truncated attention rollout pooled to the grid; split and
       gathered with the batch), or against other part sets ``y`` a pair ``(weights of x
       [b, r], weights of y [m, r2])``.
@@ -233,15 +237,16 @@ def _marginal_weights(marginals, x: jax.Array, y: jax.Array | None):
   r2])`` against other part sets ``y``.
   """
   if isinstance(marginals, str):
-    if marginals not in ("cross", "uniform"):
-      raise ValueError(
-          f"marginals must be 'cross', 'uniform' or part weights; got {marginals!r}.")
+    if marginals not in matching.MARGINAL_KINDS:
+      raise ValueError(f"marginals must be one of {matching.MARGINAL_KINDS} or part "
+                       f"weights; got {marginals!r}.")
     return marginals, None
   if y is None:
     return "given", (_check_weights("marginals", marginals, x),)
   if not (isinstance(marginals, tuple) and len(marginals) == 2):
-    raise ValueError("against other part sets y, marginals must be 'cross', 'uniform' or a "
-                     "pair of part weights (weights of x [b, r], weights of y [m, r2]).")
+    raise ValueError(f"against other part sets y, marginals must be one of "
+                     f"{matching.MARGINAL_KINDS} or a pair of part weights (weights of x "
+                     f"[b, r], weights of y [m, r2]).")
   return "given", (_check_weights("marginals[0]", marginals[0], x),
                    _check_weights("marginals[1]", marginals[1], y))
 

@@ -12,10 +12,11 @@ the optimal-transport flow ``T`` between their parts:
   s(a, b) = \\sum_{ij} T_{ij} S_{ij},
 
 with cross-correlation marginals ``mu_i ∝ relu(<x_i, g_b>)``, ``nu_j ∝ relu(<y_j, g_a>)``
-(a part weighs as much as it resembles the *other* image as a whole), uniform ones, or
-given part weights; with ``mass = p < 1`` only ``p`` of each image's weight is matched
-(partial similarity, TPAMI 2023) and ``s`` is divided by ``p``. ``T ⊙ S`` decomposes the
-similarity into part-to-part contributions: the explanation.
+(a part weighs as much as it resembles the *other* image as a whole; ``"cross"``), the
+published training criteria's form with the two images' roles swapped (``"cross_swapped"``),
+uniform ones, or given part weights; with ``mass = p < 1`` only ``p`` of each image's
+weight is matched (partial similarity, TPAMI 2023) and ``s`` is divided by ``p``.
+``T ⊙ S`` decomposes the similarity into part-to-part contributions: the explanation.
 
 The modules, each importing only those above it:
 
@@ -31,13 +32,16 @@ from diml_jax.matching.api import (diml_distance, diml_similarity, match, pairwi
                                    structural_similarity, transport)
 from diml_jax.matching.checks import check_mass, check_options
 from diml_jax.matching.partial import DUMMY_SIMILARITY
-from diml_jax.matching.problem import (DISTANCE_FLOOR, default_global, normalize, probabilities,
-                                       unit_distance)
-from diml_jax.matching.types import Marginals, Matching, Quantity, SinkhornOptions
+from diml_jax.matching.problem import (DIML_DISTANCE_FLOOR, DISTANCE_FLOOR, default_global,
+                                       normalize, probabilities, unit_distance)
+from diml_jax.matching.types import (MARGINAL_KINDS, Marginals, Matching, Quantity,
+                                     SinkhornOptions)
 
 __all__ = [
+    "DIML_DISTANCE_FLOOR",
     "DISTANCE_FLOOR",
     "DUMMY_SIMILARITY",
+    "MARGINAL_KINDS",
     "Marginals",
     "Matching",
     "Quantity",

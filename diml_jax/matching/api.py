@@ -20,9 +20,10 @@ from diml_jax.matching import partial, tiles
 from diml_jax.matching.checks import (as_float32, check_globals, check_locals, check_mass,
                                       check_options, check_quantity, check_weights,
                                       marginal_kind)
-from diml_jax.matching.problem import (combine, inner, marginal_pair, prepare, probabilities,
-                                       unit_distance)
-from diml_jax.matching.types import Marginals, Matching, Quantity, SinkhornOptions
+from diml_jax.matching.problem import (combine, inner, local_weights, marginal_pair, prepare,
+                                       probabilities)
+from diml_jax.matching.types import (MARGINAL_KINDS, Marginals, Matching, Quantity,
+                                     SinkhornOptions)
 
 __all__ = [
     "diml_distance",
@@ -52,7 +53,10 @@ def match(
 
   - part similarities ``S_ij = <x_i, y_j>`` and cost ``1 - S``;
   - marginals ``mu_i ∝ relu(<x_i, g_y>)``, ``nu_j ∝ relu(<y_j, g_x>)`` (``"cross"``),
-    ``1 / r`` (``"uniform"``) or given part weights, each summing to 1. A marginal
+    the published training criteria's ``mu_i ∝ relu(<y_i, g_x>)``,
+    ``nu_j ∝ relu(<x_j, g_y>)`` (``"cross_swapped"``, ``r1 == r2``; see
+    :func:`~diml_jax.matching.problem.marginal_pair`), ``1 / r`` (``"uniform"``) or
+    given part weights, each summing to 1. A marginal
     without mass (every part anti-correlated with the other image) falls back to uniform
     (the published code would divide 0 by 1e-5 and return 0);
   - flow ``T = argmin <T, 1 - S> - epsilon H(T)`` s.t. ``T 1 = mu``, ``T^T 1 = nu``; with
@@ -81,8 +85,8 @@ def match(
     gx: global vectors of the first images, ``[..., c]`` (batch dims as ``x``); by
       default the mean of the raw local features (as the published code).
     gy: global vectors of the second images, ``[..., c]``; likewise.
-    marginals: ``"cross"`` (default), ``"uniform"``, or a pair of arrays
-      ``(mu [..., r1], nu [..., r2])`` of non-negative part weights (normalised here),
+    marginals: ``"cross"`` (default), ``"cross_swapped"``, ``"uniform"``, or a pair of
+      arrays ``(mu [..., r1], nu [..., r2])`` of non-negative part weights (normalised here),
       e.g. a ViT's attention rollout.
     mass: ``p`` in ``(0, 1]``, the fraction of each image's part weight matched; 1 is
       ordinary matching.
@@ -256,8 +260,8 @@ def diml_distance(x, y, gx=None, gy=None, *, marginals: Marginals = "cross",
   ``criteria/margin_diml.py``). Arguments as :func:`match`.
   """
   m, global_sim = _checked_match(x, y, gx, gy, marginals, mass, options)
-  return combine("distance", inner(m.flow, unit_distance(m.part_similarity)), global_sim,
-                 m.mass)
+  return combine("distance", inner(m.flow, local_weights("distance", m.part_similarity)),
+                 global_sim, m.mass)
 
 
 def pairwise(
@@ -293,7 +297,7 @@ def pairwise(
     gys: global vectors ``[m, c]`` (likewise); ``None`` when ``ys`` is.
     quantity: ``"structural"`` (``sum T ⊙ S / p``), ``"similarity"`` (its mean with the
       global cosine) or ``"distance"`` (see :func:`diml_distance`).
-    marginals: ``"cross"``, ``"uniform"``, or each item's part weights
+    marginals: ``"cross"``, ``"cross_swapped"``, ``"uniform"``, or each item's part weights
       ``(mu [n, r1], nu [m, r2])`` (non-negative, normalised here), e.g. a ViT's
       truncated attention rollout pooled to the grid: pair ``(a, b)`` is matched with
       marginals ``mu[a]`` and ``nu[b]``. With ``ys=None``, one array ``[n, r1]`` of
@@ -336,7 +340,7 @@ def _symmetric_pairwise(xs, gxs, gys, quantity, marginals, mass, opts) -> jax.Ar
     w = jnp.asarray(marginals) if not isinstance(marginals, tuple) else None
     if w is None or w.shape != xs.shape[:2] or not jnp.issubdtype(w.dtype, jnp.floating):
       raise ValueError(
-          f"pairwise with ys=None (all pairs within xs) takes marginals 'cross', 'uniform' "
+          f"pairwise with ys=None (all pairs within xs) takes marginals of {MARGINAL_KINDS} "
           f"or one array of floating-point part weights [n, r1] = {xs.shape[:2]}; got "
           f"{marginals if w is None else f'{w.dtype}{list(w.shape)}'}.")
     kind, weights = "weights", (as_float32(w),)
@@ -377,7 +381,8 @@ def rerank(
     gc: global vectors ``[q, k, c]``, or ``[n, c]`` with ``indices`` (likewise).
     indices: gallery indices of each query's candidates ``[q, k]`` int, or ``None``.
     quantity: as in :func:`pairwise`.
-    marginals: ``"cross"``, ``"uniform"``, or part weights ``(mu [q, r1], nu [q, k, r2])``
+    marginals: a string kind as in :func:`pairwise`, or part weights
+      ``(mu [q, r1], nu [q, k, r2])``
       of the queries and of their candidates (with ``indices``: ``nu [n, r2]``, the
       gallery's); see :func:`pairwise`.
     mass: ``p``, the partial mass (see :func:`pairwise`).

@@ -6,7 +6,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from diml_jax.matching.types import QUANTITIES, Quantity, SinkhornOptions
+from diml_jax.matching.types import MARGINAL_KINDS, QUANTITIES, Quantity, SinkhornOptions
 
 __all__ = [
     "as_float32",
@@ -60,13 +60,13 @@ def check_globals(name: str, g: Any, expected: tuple[int, ...]) -> jax.Array | N
 
 
 def marginal_kind(marginals: Any) -> str:
-  """``"cross"``, ``"uniform"``, or ``"weights"`` for a pair of part weights ``(mu, nu)``."""
-  if isinstance(marginals, str) and marginals in ("cross", "uniform"):
+  """One of :data:`MARGINAL_KINDS`, or ``"weights"`` for a pair of part weights ``(mu, nu)``."""
+  if isinstance(marginals, str) and marginals in MARGINAL_KINDS:
     return marginals
   if isinstance(marginals, tuple) and len(marginals) == 2:
     return "weights"
   raise ValueError(
-      f"marginals must be 'cross', 'uniform' or a pair of arrays (mu, nu); got "
+      f"marginals must be one of {MARGINAL_KINDS} or a pair of arrays (mu, nu); got "
       f"{marginals!r}."
   )
 

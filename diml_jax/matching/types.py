@@ -7,10 +7,14 @@ from typing import Literal, NamedTuple
 
 import jax
 
-__all__ = ["Matching", "SinkhornOptions", "Marginals", "Gradient", "Quantity"]
+__all__ = ["MARGINAL_KINDS", "Matching", "SinkhornOptions", "Marginals", "Gradient",
+           "Quantity"]
 
-# "cross", "uniform", or given part weights (mu, nu), e.g. a ViT's attention rollout.
-Marginals = Literal["cross", "uniform"] | tuple[jax.Array, jax.Array]
+# The marginals named by a string (see diml_jax.matching.problem.marginal_pair): the
+# paper's cross-correlation, the published training criteria's swapped form of it, uniform.
+MARGINAL_KINDS = ("cross", "cross_swapped", "uniform")
+# One of those, or given part weights (mu, nu), e.g. a ViT's attention rollout.
+Marginals = Literal["cross", "cross_swapped", "uniform"] | tuple[jax.Array, jax.Array]
 Gradient = Literal["constant", "implicit", "unroll"]
 Quantity = Literal["structural", "similarity", "distance"]
 GRADIENTS = ("constant", "implicit", "unroll")

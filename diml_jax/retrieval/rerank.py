@@ -74,9 +74,9 @@ def rerank_scores(
     gallery_local: local features of the gallery ``[n, r, c]``.
     gallery_global: global vectors of the gallery ``[n, c]``.
     candidates: gallery indices to score for each query ``[q, k]`` int.
-    marginals: ``"cross"`` (default), ``"uniform"``, or part weights ``(query weights
-      [q, r], gallery weights [n, r])``, e.g. ViT attention rollouts pooled to the grid
-      (:func:`diml_jax.matching.rerank`).
+    marginals: a kind of :data:`diml_jax.matching.MARGINAL_KINDS` (default ``"cross"``),
+      or part weights ``(query weights [q, r], gallery weights [n, r])``, e.g. ViT
+      attention rollouts pooled to the grid (:func:`diml_jax.matching.rerank`).
     mass: ``p`` of partial similarity; the structural term is on the scale of
       :class:`diml_jax.matching.Matching` (the mean over the matched parts). 1: ordinary
       matching.
@@ -111,8 +111,8 @@ def rerank_scores(
   per_query_weights, gallery_weights = [], []
   if not isinstance(marginals, str):
     if not (isinstance(marginals, tuple) and len(marginals) == 2):
-      raise ValueError("marginals must be 'cross', 'uniform' or a pair (query weights "
-                       "[q, r], gallery weights [n, r]).")
+      raise ValueError(f"marginals must be one of {matching.MARGINAL_KINDS} or a pair "
+                       f"(query weights [q, r], gallery weights [n, r]).")
     qw = check_vectors("query weights", marginals[0], "[q, r]")
     gw = check_vectors("gallery weights", marginals[1], "[n, r]")
     if qw.shape != ql.shape[:2] or gw.shape != gl.shape[:2]:
