@@ -126,7 +126,8 @@ def main_tables(sweep, registry, losses, ablations, default):
       "Each loss trained on the global cosine or on DIML's structural quantity, then "
       "evaluated by the global cosine or with test-time DIML (the first K of the global "
       "ranking re-ranked by structural + global similarity).",
-      ("loss", "trained on"), tuple(rows), MAIN_KS, tuple(comparisons), analysis_k=ABLATION_K)]
+      ("loss", "trained on"), tuple(rows), MAIN_KS, tuple(comparisons), plot="bars",
+      analysis_k=ABLATION_K)]
   if "k" in ablations:
     tables.append(sweep.Table(
         "k", "R@1 against the re-ranking depth K",

@@ -27,7 +27,7 @@ def _stats(row, k, metric, summaries):
 def _k_figure(table: Table, summaries: dict):
   """R@1 against every computed depth, one line per row; K on an even (categorical)
   axis, as the depths grow geometrically from 0 (the global ranking)."""
-  figure, ax = plt.subplots(figsize=(7.5, 4.5))
+  figure, ax = plt.subplots(figsize=(9, 4.5))
   rows = [r for r in table.rows if r.variant is not None]
   ks = sorted(set.intersection(*(set(r.setting.ks) for r in rows)))
   for row in rows:
@@ -37,16 +37,19 @@ def _k_figure(table: Table, summaries: dict):
   ax.set_xticks(range(len(ks)), [table_lib.depth_name(k).removeprefix("K=") for k in ks])
   ax.set_xlabel("re-ranking depth K (global: no re-ranking)")
   ax.set_ylabel("R@1 (%)")
-  ax.legend(fontsize="small", ncol=2)
+  ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
   return figure
 
 
-def _metric_axes(table: Table):
-  figure, axes = plt.subplots(1, len(table.metrics), figsize=(5 * len(table.metrics), 4),
-                              squeeze=False)
-  for ax, metric in zip(axes[0], table.metrics):
+def _metric_axes(table: Table, *, stacked: bool = False, width: float = 5.0):
+  """One panel per metric: side by side, or ``stacked`` one above the other."""
+  n = len(table.metrics)
+  shape, size = ((n, 1), (width, 3.5 * n)) if stacked else ((1, n), (width * n, 4))
+  figure, axes = plt.subplots(*shape, figsize=size, squeeze=False)
+  axes = axes.ravel()
+  for ax, metric in zip(axes, table.metrics):
     ax.set_ylabel(f"{table_lib.METRICS.get(metric, metric)} (%)")
-  return figure, axes[0]
+  return figure, axes
 
 
 def _value_figure(table: Table, summaries: dict):
@@ -69,9 +72,10 @@ def _value_figure(table: Table, summaries: dict):
 
 
 def _bar_figure(table: Table, summaries: dict):
-  """Each metric of each row as bars, one per shown depth."""
-  figure, axes = _metric_axes(table)
+  """Each metric of each row as bars, one per shown depth; the panels one above the
+  other, as wide as the rows need."""
   rows = [r for r in table.rows if r.variant is not None]
+  figure, axes = _metric_axes(table, stacked=True, width=max(6.0, 1.3 * len(rows) + 2))
   width = 0.8 / len(table.ks)
   for ax, metric in zip(axes, table.metrics):
     lowest = np.inf
@@ -81,9 +85,9 @@ def _bar_figure(table: Table, summaries: dict):
       ax.bar(np.arange(len(rows)) + (j - (len(table.ks) - 1) / 2) * width,
              [s.mean for s in stats], width, yerr=[s.std for s in stats], capsize=3,
              label=table_lib.depth_name(k))
-    ax.set_xticks(range(len(rows)), [" / ".join(r.label) for r in rows])
+    ax.set_xticks(range(len(rows)), ["\n".join(r.label) for r in rows])
     ax.set_ylim(bottom=max(0.0, np.floor(lowest) - 2))  # the differences, not the bars
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
   return figure
 
 

@@ -112,9 +112,10 @@ def _cell(stat: Stat) -> str:
 def _difference_cell(d: Difference) -> str:
   if not d.n:
     return "–"
+  mean = d.mean if round(d.mean, 2) else 0.0  # no "-0.00"
   if d.n == 1:
-    return f"{d.mean:+.2f} (1 seed)"
-  text = f"{d.mean:+.2f} ± {d.se:.2f}"
+    return f"{mean:+.2f} (1 seed)"
+  text = f"{mean:+.2f} ± {d.se:.2f}"
   return f"**{text}** (> 2 SE)" if d.exceeds else text
 
 
