@@ -79,14 +79,15 @@ def rerank_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
               options=registry.matching_options(config))
 
 
-def evaluate_embeddings(config: ml_collections.ConfigDict, embeddings: evaluation.Embeddings
-                        ) -> dict[str, Any]:
-  """Global and multi-scale DIML retrieval metrics (DIML, ICCV 2021, Sec. 3.4); queries
-  against the gallery when the embeddings mark queries (In-Shop)."""
+def evaluate_embeddings(config: ml_collections.ConfigDict, embeddings: evaluation.Embeddings,
+                        *, progress: bool = True) -> dict[str, Any]:
+  """Global and multi-scale DIML retrieval metrics (DIML, ICCV 2021, Sec. 3.4), with the
+  config's depths, cut-offs and matching; queries against the gallery when the embeddings
+  mark queries (In-Shop); progress bars on process 0 if ``progress``."""
   return evaluation.evaluate(
       embeddings, ks=config.eval.ks, recall_ks=config.eval.recall_ks,
-      include_query_in_r=config.eval.include_query_in_r,
-      with_nmi=config.eval.with_nmi, seed=config.seed, progress=jax.process_index() == 0,
+      include_query_in_r=config.eval.include_query_in_r, with_nmi=config.eval.with_nmi,
+      seed=config.seed, progress=progress and jax.process_index() == 0,
       **rerank_options(config),
   )
 
