@@ -76,6 +76,9 @@ def paper(dataset: str, loss: str, *, diml: bool) -> ml_collections.ConfigDict:
   c.loss.diml = diml
   c.loss.miner = "distance"      # tuple losses: distance, semihard, softhard, random, all
   c.loss.diversity_weight = 0.0  # DGML's diversity loss (model.head="grouping")
+  # DGML: each group its own loss parameters (margin's beta [num_groups, n_classes]), as
+  # the reference DGML code; False: one set shared by the groups (runs before this key).
+  c.loss.per_group_params = True
   # Each loss's settings, the published code's defaults (parameters.py of the DIML code).
   # Distance-weighted miner: nonzero_loss_cutoff 0 = off, as in the published code (Wu et
   # al. use 1.4); dim, the sphere's dimension, 0 = the embedding's.
@@ -186,7 +189,8 @@ def dgml(dataset: str) -> ml_collections.ConfigDict:
 
   Three groups of 170 dimensions (the reference's full_dim 512 // k), each L2-normalised;
   the margin loss (margin 0.2, beta 1.2, distance-weighted sampling with cutoff 0.5) runs
-  on each group's embedding and is averaged over the groups, plus the diversity loss
+  on each group's embedding with the group's own beta (``loss.per_group_params``) and is
+  averaged over the groups, plus the diversity loss
   weighted per data set; the data set's epochs, learning rate, step decay and weight
   decays of :data:`DGML_RECIPES`. Retrieval ranks by the concatenated group embeddings,
   so evaluation is global (``eval.ks=(0,)``).

@@ -37,17 +37,35 @@ def checkpoint_manager(workdir: str, name: str, keep: int | None = None
         path, options=ocp.CheckpointManagerOptions(
             create=False, multiprocessing_options=processes),
         item_handlers=ocp.PyTreeCheckpointHandler())
+  # The handler named, so that a fresh manager reads a checkpoint's shapes (:func:`restore`).
   return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
-      max_to_keep=keep, create=True, multiprocessing_options=processes))
+      max_to_keep=keep, create=True, multiprocessing_options=processes),
+      item_handlers=ocp.StandardCheckpointHandler())
 
 
 def restore(manager: ocp.CheckpointManager, template: Any, mesh: Mesh,
             step: int | None = None) -> Any:
   """The checkpoint at ``step`` (default: the latest), replicated over ``mesh``.
 
-  ``template`` gives the structure, shapes and dtypes (e.g. a freshly built state).
+  ``template``, a freshly built :class:`~diml_jax.experiment.TrainState`, gives the
+  structure, shapes and dtypes.
+
+  Raises:
+    UsageError: the checkpoint's parameters (``params``) have other shapes than the
+      template's: the run was trained with another config.
   """
   step = manager.latest_step() if step is None else step
+  differ = _differences(template.params, manager.item_metadata(step)["params"])
+  if differ:
+    name, have, want = differ[0]
+    dgml = (" A DGML run from before per-group loss parameters (one beta [n_classes] "
+            "shared by the groups) resumes with --config.loss.per_group_params=False."
+            if name.startswith("['loss']") else "")
+    raise UsageError(
+        f"{manager.directory}/{step} holds parameters of other shapes than the config "
+        f"builds ({len(differ)} differ, e.g. params{name}: {have} in the checkpoint, {want} "
+        f"in the config's). Resume it with the config it was trained with, or train in a "
+        f"new --workdir.{dgml}")
   replicated = NamedSharding(mesh, P())
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), template)
@@ -95,17 +113,25 @@ def restore_model(manager: ocp.CheckpointManager, mesh: Mesh, step: int, *, mode
   return variables
 
 
+def _differences(expected: Any, found: Any) -> list[tuple[str, Any, Any]]:
+  """``(path, shape found, shape expected)`` of each variable whose shape differs (or that
+  one tree lacks: ``"absent"``), sorted by path."""
+  shapes = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape)
+                         for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  want, have = shapes(expected), shapes(found)
+  return [(k, have.get(k, "absent"), want.get(k, "absent"))
+          for k in sorted(want.keys() | have.keys()) if want.get(k) != have.get(k)]
+
+
 def _check_same_model(expected: dict, found: dict, where: str) -> None:
   """Raises :class:`UsageError` naming the first variable whose shape differs."""
-  want = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_flatten_with_path(
-      {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})})[0]}
-  have = {jax.tree_util.keystr(k): v.shape
-          for k, v in jax.tree_util.tree_flatten_with_path(found)[0]}
-  if want == have:
+  differ = _differences(
+      {"params": expected["params"], "batch_stats": expected.get("batch_stats", {})}, found)
+  if not differ:
     return
-  differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+  name, have, want = differ[0]
   raise UsageError(
       f"{where} holds another model than the config builds ({len(differ)} variables differ, "
-      f"e.g. {differ[0]}: {have.get(differ[0], 'absent')} in the checkpoint, "
-      f"{want.get(differ[0], 'absent')} in the config's model). Evaluate it with the config "
-      f"it was trained with: the run's config.json, the default without --config.")
+      f"e.g. {name}: {have} in the checkpoint, {want} in the config's model). Evaluate it "
+      f"with the config it was trained with: the run's config.json, the default without "
+      f"--config.")

@@ -360,7 +360,7 @@ def init_variables(config: ml_collections.ConfigDict, model: models.EmbeddingMod
       variables[collection].update(tree)
   else:
     variables = jax.jit(model.init)(key_model, images)
-  # DGML's groups share the loss's parameters: one criterion applied to each group.
+  # DGML: one set of loss parameters per group, or one shared (registry.per_group).
   loss_params = registry.init_params(config, key_loss, num_classes, embedding_dim(config))
   params = {"model": variables["params"], "loss": loss_params}
   return params, dict(variables.get("batch_stats", {}))

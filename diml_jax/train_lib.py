@@ -60,24 +60,26 @@ def make_loss(config: ml_collections.ConfigDict, mesh: Mesh | None) -> LossFn:
 
   DGML (``model.head="grouping"``): the metric loss runs on each group's embedding
   ``aux["groups"][:, g]`` (group ``g`` with PRNG key ``jax.random.split(key, k)[g]``, for
-  the miners' sampling), one criterion and its parameters shared by the groups, and
-  is averaged over the ``k`` groups, as the reference DGML code does (rather than once
-  on the concatenation); ``loss.diversity_weight`` times
-  :func:`diml_jax.models.diversity_loss` is added. ``active_fraction`` is the groups'
-  mean, ``selected`` their sum.
+  the miners' sampling) with its own loss parameters ``loss_params[...][g]`` (margin's
+  beta ``[k, n_classes]``; :func:`diml_jax.losses.registry.per_group`), or with one set
+  shared by the groups (``loss.per_group_params=False``), and is averaged over the ``k``
+  groups, as the reference DGML code does (rather than once on the concatenation);
+  ``loss.diversity_weight`` times :func:`diml_jax.models.diversity_loss` is added.
+  ``active_fraction`` is the groups' mean, ``selected`` their sum.
   """
   c = config.loss
   metric = registry.build(config, mesh, DATA_AXIS)
 
   if config.model.head != "grouping":
     return metric
+  params_axis = 0 if registry.per_group(config) else None
 
   def grouped(loss_params, embedding, aux, labels, key):
     del embedding  # the concatenation of the groups, for retrieval
     groups = aux["groups"]  # [b, k, d]
     keys = jax.random.split(key, groups.shape[1])
-    per_group = jax.vmap(lambda e, k: metric(loss_params, e, {}, labels, k),
-                         in_axes=(1, 0))(groups, keys)
+    per_group = jax.vmap(lambda p, e, k: metric(p, e, {}, labels, k),
+                         in_axes=(params_axis, 1, 0))(loss_params, groups, keys)
     diversity = models.diversity_loss(groups)
     return losses.LossOutput(
         loss=jnp.mean(per_group.loss) + c.diversity_weight * diversity,
@@ -189,7 +191,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Raises:
     UsageError: a config value is not allowed, or the data set is not where the config
-      says; nothing is written then.
+      says; nothing is written then. Or ``workdir``'s latest checkpoint holds parameters
+      of other shapes than the config builds (it was trained with another config); its
+      ``config.json`` is kept.
     FloatingPointError: the loss or the gradients became NaN or infinite; the message
       names the step and the last checkpoint.
   """
@@ -198,7 +202,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_set = experiment.load_split(config, "train")
   test_set = experiment.load_split(config, "test")
   os.makedirs(workdir, exist_ok=True)
-  experiment.save_config(config, workdir)
   mesh = experiment.make_mesh()
   model = experiment.build_model(config)
   steps_per_epoch = config.steps_per_epoch or max(1, len(train_set) // config.batch_size)
@@ -220,6 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if checkpoints.latest_step() is not None:
     state = checkpoint_lib.restore(checkpoints, state, mesh)
     logging.info("Resumed from step %d in %s", int(state.step), checkpoints.directory)
+  # After the restore: a checkpoint of another config fails with the run's config.json kept.
+  experiment.save_config(config, workdir)
   start = int(state.step)
   if start >= total_steps:
     logging.info("%s has finished training (step %d of %d): nothing to do. To evaluate "

@@ -127,6 +127,24 @@ def test_loss_params_get_their_published_learning_rates():
                                rtol=1e-3)
 
 
+@pytest.mark.parametrize("head, per_group, shape", [
+    ("grouping", True, (3, N_CLASSES, 8)), ("grouping", False, (N_CLASSES, 8)),
+    ("embedding", True, (N_CLASSES, 8))])
+def test_dgml_groups_get_their_own_loss_params_unless_shared(head, per_group, shape):
+  """loss.per_group_params: one set per group, each drawn from its own key (proxies),
+  stacked on a leading group axis; the embedding head has no groups."""
+  config = common.paper("cub", "proxyanchor", diml=False)
+  config.model.head, config.loss.per_group_params = head, per_group
+  assert registry.per_group(config) == (head == "grouping" and per_group)
+  proxies = np.asarray(registry.init_params(config, jax.random.key(0), N_CLASSES, 8)["proxies"])
+  assert proxies.shape == shape
+  if len(shape) == 3:
+    assert np.abs(proxies[0] - proxies[1]).min() > 0 and np.abs(proxies[1] - proxies[2]).min() > 0
+  config.loss.name = "margin"
+  beta = registry.init_params(config, jax.random.key(0), N_CLASSES, 8)["beta"]
+  np.testing.assert_array_equal(beta, np.full(shape[:-1], 1.2, np.float32))
+
+
 def test_registry_losses_are_the_library_functions_on_the_mined_tuples():
   """The registry composes the miners and losses as the published criteria do."""
   config = common.paper("cub", "triplet", diml=False)

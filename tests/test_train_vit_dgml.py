@@ -3,8 +3,10 @@ and DGML's attentive grouping.
 
 Default tier: the losses the training step computes against references written here (a
 float64 NumPy attention rollout and match(mass=p) pair by pair; the per-group losses plus
-a NumPy diversity loss), the weight file reached from the config, and the config checks.
-Slow tier: short training runs of each on the synthetic set, and the ViT step on 8 devices.
+a NumPy diversity loss; each group's margin loss with its own beta, and its gradient, in
+float64), the weight file reached from the config, the config checks, and the refusal of a
+checkpoint with one beta shared by the groups. Slow tier: short training runs of each on
+the synthetic set, and the ViT step on 8 devices.
 """
 import json
 
@@ -12,11 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 import torch
 
 from configs import cars_dgml, cub_dgml, cub_vit_diml, inshop_dgml, sop_dgml
-from diml_jax import eval_lib, experiment, losses, matching, models, train_lib
+from diml_jax import UsageError, data, eval_lib, experiment, losses, matching, miners, models
+from diml_jax import checkpoints as checkpoint_lib, train_lib
+from diml_jax.losses import registry
 from diml_jax.models.grid import grid_pool_matrix
 from tests.models.torch_reference import TorchViT
 from tests.test_train import (single_axis_mesh, step_on_1_and_8_devices, tiny_config,
@@ -135,14 +140,17 @@ def diversity_float64(groups, beta1=2.0, beta2=0.5, cost=25.0):
   return total / (k - 1)
 
 
-@pytest.mark.parametrize("loss", ["multisimilarity", "margin"])
-def test_dgml_loss_is_the_mean_group_loss_plus_weighted_diversity(loss):
-  config = dgml_config(**{"loss.name": loss})
+# Multi-similarity has no parameters (an empty set per group); margin with one beta
+# shared by the groups (loss.per_group_params=False, the per-group one is tested below).
+@pytest.mark.parametrize("loss, per_group_params", [("multisimilarity", True),
+                                                    ("margin", False)])
+def test_dgml_loss_is_the_mean_group_loss_plus_weighted_diversity(loss, per_group_params):
+  config = dgml_config(**{"loss.name": loss, "loss.per_group_params": per_group_params})
   rng = np.random.default_rng(0)
   groups = rng.normal(size=(8, 3, 8)) + 0.8 * rng.normal(size=(8, 1, 8))  # similar groups
   groups = jnp.asarray(groups / np.linalg.norm(groups, axis=-1, keepdims=True), jnp.float32)
   labels, key = jnp.asarray(LABELS), jax.random.key(4)
-  params = {"beta": losses.init_beta(4)} if loss == "margin" else {}
+  params = registry.init_params(config, jax.random.key(0), 4, 8)
   out = train_lib.make_loss(config, None)(params, None, {"groups": groups}, labels, key)
   keys = jax.random.split(key, 3)
   per_group = []
@@ -156,6 +164,112 @@ def test_dgml_loss_is_the_mean_group_loss_plus_weighted_diversity(loss):
   diversity = diversity_float64(groups)
   assert diversity > 0.1 and min(per_group) > 0
   np.testing.assert_allclose(out.loss, np.mean(per_group) + 0.02 * diversity, rtol=1e-5)
+
+
+def margin_float64(groups, labels, beta, positive, negative, margin=0.2):
+  """Margin loss of one group (Wu et al. 2017) in float64, and its gradient in beta: each
+  anchor's sampled positive and negative, its class's boundary, the sum of the terms over
+  the number of nonzero ones."""
+  e = np.asarray(groups, np.float64)
+  e /= np.linalg.norm(e, axis=1, keepdims=True)
+  loss, active, grad = 0.0, 0, np.zeros_like(beta)
+  for i, y in enumerate(labels):
+    d_pos = np.sqrt(np.sum((e[i] - e[positive[i]]) ** 2) + 1e-8)
+    d_neg = np.sqrt(np.sum((e[i] - e[negative[i]]) ** 2) + 1e-8)
+    for term, sign in ((d_pos - beta[y] + margin, -1.0), (beta[y] - d_neg + margin, 1.0)):
+      if term > 0:
+        loss, active, grad[y] = loss + term, active + 1, grad[y] + sign
+  return loss / max(active, 1), grad / max(active, 1)
+
+
+def test_dgml_groups_train_their_own_beta():
+  """Two groups, each with its own beta (beta [2, n_classes], as the reference DGML
+  code's criterion): the loss is the mean over the groups of the margin loss with the
+  group's beta, its gradient in beta is each group's own, and Adam moves the two rows
+  differently. References in float64 on the miner's picks (one key per group)."""
+  config = dgml_config(**{"loss.name": "margin", "model.num_groups": 2,
+                          "loss.diversity_weight": 0.0})  # 2 groups of 12 dimensions
+  params = registry.init_params(config, jax.random.key(0), 4, 12)
+  np.testing.assert_array_equal(params["beta"], np.full((2, 4), 1.2, np.float32))
+  params = {"beta": jnp.array([[1.2, 1.0, 1.3, 0.9], [0.8, 1.1, 1.25, 1.4]], jnp.float32)}
+  rng = np.random.default_rng(5)
+  groups = rng.normal(size=(8, 2, 12)) + rng.normal(size=(4, 1, 12))[LABELS]
+  groups = jnp.asarray(groups / np.linalg.norm(groups, axis=-1, keepdims=True), jnp.float32)
+  labels, key = jnp.asarray(LABELS), jax.random.key(6)
+  loss_of = lambda p: train_lib.make_loss(config, None)(p, None, {"groups": groups}, labels,
+                                                        key).loss
+  loss, grads = jax.jit(jax.value_and_grad(loss_of))(params)
+  beta64 = np.asarray(params["beta"], np.float64)
+  expected, expected_grad = [], []
+  for g, k in enumerate(jax.random.split(key, 2)):
+    picked = miners.distance_weighted(k, losses.euclidean_distance(groups[:, g]), labels,
+                                      dim=12, cutoff=0.5)
+    value, grad = margin_float64(groups[:, g], LABELS, beta64[g], np.asarray(picked.positive),
+                                 np.asarray(picked.negative))
+    expected.append(value)
+    expected_grad.append(grad / 2)  # the mean over the 2 groups
+  assert min(expected) > 0
+  np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)
+  np.testing.assert_allclose(grads["beta"], np.stack(expected_grad), rtol=1e-5, atol=1e-7)
+  assert np.abs(expected_grad[0] - expected_grad[1]).max() > 0.01
+  # One Adam step at beta's rate: about lr * sign(gradient), row by row.
+  state = {"model": {}, "loss": params}
+  tx = experiment.make_optimizer(config, state, steps_per_epoch=10)
+  updates, _ = tx.update({"model": {}, "loss": grads}, tx.init(state), state)
+  lr = config.loss.margin.beta_lr
+  grad64 = np.stack(expected_grad)
+  np.testing.assert_allclose(updates["loss"]["beta"], -lr * grad64 / (np.abs(grad64) + 1e-8),
+                             rtol=1e-4, atol=1e-10)
+  assert np.abs(updates["loss"]["beta"][0] - updates["loss"]["beta"][1]).max() > lr / 2
+
+
+def _shared_beta_checkpoint(workdir, model_params, num_classes):
+  """A checkpoint of step 4 whose beta is ``[num_classes]``: one set shared by the groups,
+  as DGML runs wrote before loss.per_group_params."""
+  old = experiment.TrainState(step=np.int32(4), batch_stats={}, opt_state={}, params={
+      "model": model_params, "loss": {"beta": np.full(num_classes, 1.2, np.float32)}})
+  manager = checkpoint_lib.checkpoint_manager(str(workdir), "checkpoints", 2)
+  manager.save(4, args=ocp.args.StandardSave(old))
+  manager.wait_until_finished()
+
+
+def _refused(num_classes, groups=3):
+  """The message of a checkpoint with one shared beta restored into per-group ones."""
+  return pytest.raises(UsageError, match=(
+      rf"checkpoints/4 holds parameters of other shapes than the config builds \(1 differ, "
+      rf"e.g. params\['loss'\]\['beta'\]: \({num_classes},\) in the checkpoint, "
+      rf"\({groups}, {num_classes}\) in the config's\).*"
+      rf"--config.loss.per_group_params=False"))
+
+
+def test_dgml_checkpoint_with_one_shared_beta_is_refused_by_name(tmp_path):
+  """Restoring a shared beta [n_classes] into per-group parameters [k, n_classes] fails
+  with one message naming the variable, both shapes and the key that resumes it (Orbax's
+  own error names the shapes only)."""
+  model = {"grouping": {"queries": np.ones((2, 3), np.float32)}}
+  _shared_beta_checkpoint(tmp_path, model, 4)
+  template = experiment.TrainState(step=np.int32(0), batch_stats={}, opt_state={}, params={
+      "model": model, "loss": {"beta": np.full((3, 4), 1.2, np.float32)}})
+  manager = checkpoint_lib.checkpoint_manager(str(tmp_path), "checkpoints", 2)
+  with _refused(4):
+    checkpoint_lib.restore(manager, template, experiment.make_mesh())
+
+
+@pytest.mark.slow
+def test_dgml_training_refuses_a_shared_beta_checkpoint_and_keeps_its_config(tmp_path):
+  """train_and_evaluate on a workdir of the former layout: the message, and config.json
+  left as it was (it is written after the restore)."""
+  config = dgml_config(**{"loss.name": "margin"})
+  num_classes = data.load("synthetic", "train").num_classes
+  shapes = jax.eval_shape(experiment.build_model(config).init, jax.random.key(0),
+                          jnp.zeros((1, 32, 32, 3)))
+  _shared_beta_checkpoint(
+      tmp_path, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"]),
+      num_classes)
+  (tmp_path / "config.json").write_text("{}")
+  with _refused(num_classes):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+  assert (tmp_path / "config.json").read_text() == "{}"
 
 
 def test_dgml_model_from_the_config_exposes_groups_and_attention():

@@ -3,8 +3,8 @@
 As big_vision picks a model module by its config name, training picks its criterion here:
 ``LOSSES[config.loss.name]`` says how to build the loss function, how to initialise the
 loss's own parameters (margin's ``beta``, proxies, centroids, class weights) and which
-learning rate each of them gets. Adding a loss is one module in :mod:`diml_jax.losses`
-and one entry below.
+learning rate each of them gets (for DGML, one set per group: :func:`per_group`). Adding a
+loss is one module in :mod:`diml_jax.losses` and one entry below.
 
 **Which losses train on DIML's structural quantity** (``loss.diml=True``): those that are
 functions of the batch's pairwise similarities or distances between normalised
@@ -47,7 +47,7 @@ from diml_jax.losses._reduce import LossOutput
 
 __all__ = [
     "LOSSES", "LearningRate", "Loss", "PairQuantities", "build", "check", "init_params",
-    "learning_rates", "matching_options",
+    "learning_rates", "matching_options", "per_group",
 ]
 
 # (loss parameters, global embeddings [b, d], the model's aux, labels [b], key) -> output
@@ -330,10 +330,27 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh | None,
   return entry.build(config.loss, PairQuantities(config, mesh, axis_name))
 
 
+def per_group(config: ml_collections.ConfigDict) -> bool:
+  """Whether each of DGML's groups has its own loss parameters (``loss.per_group_params``
+  with ``model.head="grouping"``), as the reference DGML code's margin criterion keeps one
+  beta per group and class (XinyiXuXD/DGML-master ``criteria/margin.py``); else one set serves
+  every group."""
+  return config.model.head == "grouping" and bool(config.loss.per_group_params)
+
+
 def init_params(config: ml_collections.ConfigDict, key: jax.Array, num_classes: int,
                 dim: int) -> dict[str, jax.Array]:
-  """The loss's own parameters for ``num_classes`` classes and ``dim``-d embeddings."""
-  return LOSSES[config.loss.name].init(config.loss, key, num_classes, dim)
+  """The loss's own parameters for ``num_classes`` classes and ``dim``-d embeddings.
+
+  With :func:`per_group`, ``model.num_groups`` sets (each from its own key), stacked along
+  a leading group axis: margin's beta ``[k, n_classes]``, proxies ``[k, n_classes, dim]``.
+  """
+  init = LOSSES[config.loss.name].init
+  if not per_group(config):
+    return init(config.loss, key, num_classes, dim)
+  sets = [init(config.loss, k, num_classes, dim)
+          for k in jax.random.split(key, config.model.num_groups)]
+  return jax.tree.map(lambda *group: jnp.stack(group), *sets)
 
 
 def learning_rates(config: ml_collections.ConfigDict) -> dict[str, LearningRate]:
