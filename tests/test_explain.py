@@ -20,7 +20,9 @@ import jax
 import numpy as np
 import pytest
 import skimage.data
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
+from matplotlib.text import Text
 
 from diml_jax import matching
 from diml_jax.explain import (RetrievalRun, figure_bytes, flow_figure, relevance_figure,
@@ -148,6 +150,23 @@ def test_heat_maps_are_the_part_contributions(pair):
   # Each cell's printed value is its contribution.
   cells = [t.get_text() for t in heat_a.axes.texts]
   assert cells == [f"{v:.3f}" for v in contributions.sum(1)]
+
+
+def test_panel_titles_sit_between_the_images_and_their_panels(pair):
+  # The titles have a fixed position (no automatic placement at each draw): each must
+  # still sit on its own panel, left-aligned with it, below the images and inside the figure.
+  a, b = pair
+  drawn = flow_figure(a, b, real_match(a, b, (4, 4), (4, 4)))
+  FigureCanvasAgg(drawn.figure).draw()
+  images = drawn.images[0].axes.get_window_extent()
+  for heat in drawn.heatmaps:
+    (title,) = [t.get_window_extent() for t in heat.axes.get_children()
+                if isinstance(t, Text) and t.get_text() == heat.axes.get_title("left")]
+    panel = heat.axes.get_window_extent()
+    assert panel.ymax < title.ymin < title.ymax < images.ymin
+    assert title.ymin - panel.ymax < 8 * drawn.figure.dpi / 72  # the 4 pt pad and descent
+    assert title.xmin == pytest.approx(panel.xmin, abs=1)
+    assert title.xmax <= drawn.figure.bbox.xmax
 
 
 def test_negative_contributions_get_a_scale_centred_on_zero(pair):

@@ -395,7 +395,10 @@ def _draw_contributions(ax, image: np.ndarray, grid: tuple[int, int], values: np
       ax.text(cx, cy, f"{values[p]:.3f}", ha="center", va="center", fontsize=min(9, 14 * cell),
               color="white", path_effects=_outlined(2.0))
   title, size = _panel_title(name, values, grid, w * scale)
-  ax.set_title(title, fontsize=size, loc="left", pad=4)
+  # y=1.0: where matplotlib's automatic placement puts it above an axes without tick
+  # labels, but without measuring the hidden axes' ticks at each draw (a fifth of the
+  # time of drawing a report's figure; the same pixels).
+  ax.set_title(title, fontsize=size, loc="left", pad=4, y=1.0)
   return heat
 
 
