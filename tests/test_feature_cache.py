@@ -159,6 +159,7 @@ def frozen_run_config(**overrides):
                           "eval.ks": (0, 5), **overrides})
 
 
+@pytest.mark.slow
 def test_a_frozen_run_trains_on_cached_maps(tmp_path, monkeypatch):
   monkeypatch.setenv("DIML_JAX_CACHE", str(tmp_path / "cache"))
   results = train_lib.train_and_evaluate(frozen_run_config(), str(tmp_path / "run"))

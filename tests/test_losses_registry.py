@@ -76,6 +76,7 @@ def _loss_signature(config):
           config.model.head, config.model.normalize)
 
 
+@pytest.mark.slow
 def test_every_config_builds_its_loss_and_optimiser():
   """Every config passes the registry's check; the loss's parameters, one forward (and
   gradient) on a tiny batch and one optimiser update run once per distinct code path."""

@@ -206,6 +206,7 @@ def two_process_run(tmp_path_factory, cache):
   return base / "run", run
 
 
+@pytest.mark.slow
 def test_multiprocess_training_equals_one_process(two_process_run, tmp_path, cache):
   """2 processes x 2 devices: the parameters of 1 process x 4 devices to 1e-5, each
   process decoding only its rows, one checkpoint per step written by both, and the

@@ -121,6 +121,7 @@ def _final_params(workdir):
   return step, restored["params"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   script = tmp_path / "run.py"
   script.write_text(textwrap.dedent(_RUN.format(root=ROOT, tests=os.path.join(ROOT, "tests"))))
