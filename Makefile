@@ -40,10 +40,11 @@ system-deps:
 	@$(call apt_install,openclipart-png chromium,the demo set and the browser test,the tests that need them skip)
 
 # Trains DIML on the clip-art demo set (minutes on a CPU), then writes the retrieval
-# report and flow figures to runs/demo/eval/step_*/.
+# report and flow figures to runs/demo/eval/step_*/. --cpu_devices=0: one JAX device per
+# CPU core, so that the backbone runs on all of them (no effect on an accelerator).
 demo: system-deps-demo $(VENV)/.installed-demo
-	$(PY) train.py --config configs/demo.py --workdir runs/demo
-	$(PY) eval.py --workdir runs/demo --explain
+	$(PY) train.py --config configs/demo.py --workdir runs/demo --cpu_devices=0
+	$(PY) eval.py --workdir runs/demo --explain --cpu_devices=0
 
 test: system-deps $(VENV)/.installed-test
 	$(PY) -m pytest

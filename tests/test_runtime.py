@@ -25,6 +25,8 @@ DEMO = os.path.join(ROOT, "configs", "demo.py")
 # empty directory, "{tmp}/no_checkpoint" a run directory with a config but no checkpoint.
 MISTAKES = [
     ("no_config", TRAIN, [], "--config is required"),
+    ("negative_cpu_devices", TRAIN, ["--config", DEMO, "--cpu_devices=-1"],
+     "--cpu_devices=-1: give a number of devices >= 1, or 0 for one per core"),
     ("unknown_flag", TRAIN, ["--config", SOP, "--bogus=1"], "unknown flag --bogus"),
     ("missing_config_file", TRAIN, ["--config", "configs/nope.py"],
      "--config=configs/nope.py: no such file"),
@@ -134,13 +136,17 @@ def _table(stdout: str) -> list[str]:
 def test_train_then_eval_with_the_workdir_alone_print_our_lines_only(tmp_path):
   """The demo's two commands on a tiny config: clean consoles; eval.py, given only the
   run's directory, reads its config.json and its checkpoint (not the embeddings
-  training cached: they are removed) and prints training's table again."""
+  training cached: they are removed) and prints training's table again. Training runs
+  on the CPU split into 2 devices (``--cpu_devices``, as ``make demo`` does), evaluation
+  on one."""
   workdir = tmp_path / "run"
   train = subprocess.run(
-      [sys.executable, TRAIN, "--config", DEMO, "--workdir", str(workdir), *TINY],
+      [sys.executable, TRAIN, "--config", DEMO, "--workdir", str(workdir), "--cpu_devices=2",
+       *TINY],
       cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
   assert train.returncode == 0, train.stderr[-3000:]
   assert _library_noise(train.stderr) == [], train.stderr[-3000:]
+  assert " on 2 devices" in train.stderr
   trained = _table(train.stdout)
   assert len(trained) == 3, train.stdout
   for cache in (workdir / "eval").glob("step_*/*.npz"):
