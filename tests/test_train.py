@@ -172,6 +172,7 @@ def test_bad_config_values_are_named_before_anything_heavy():
     experiment.check_config(tiny_config(**{"loss.name": "proxyanchor", "loss.diml": True}))
 
 
+@pytest.mark.slow
 def test_nan_guard_stops_naming_the_step_and_the_last_checkpoint(tmp_path):
   config = tiny_config(**{"optimizer.lr": 1e38, "steps_per_epoch": 6, "num_epochs": 1,
                           "checkpoint_every_steps": 1, "eval.every_epochs": 0,
