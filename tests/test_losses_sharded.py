@@ -168,8 +168,8 @@ BASELINES = [("npair", ""), ("angular", ""), ("lifted", ""), ("histogram", ""),
              ("margin", "distance")]
 
 
-@pytest.mark.parametrize("kind", [AxisType.Explicit,
-                                  pytest.param(AxisType.Auto, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", [AxisType.Auto,  # training's mesh; Explicit: slow tier
+                                  pytest.param(AxisType.Explicit, marks=pytest.mark.slow)])
 def test_sharded_baseline_losses_and_gradients_equal_single_device(kind):
   from configs import common  # pylint: disable=g-import-not-at-top
   from diml_jax.losses import registry  # pylint: disable=g-import-not-at-top
