@@ -20,6 +20,7 @@ higher is better), ``ratios``, ``images_per_s`` (ours, by ``network/dtype``),
 import argparse
 import json
 import math
+import os
 import pathlib
 import resource
 import sys
@@ -138,6 +139,8 @@ def main() -> None:
       "torch_images_per_s": theirs,
       "total_s": time.perf_counter() - start,
       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+      # Ratios measured beside another program flatter XLA (PyTorch's threads suffer more).
+      "load_average": round(os.getloadavg()[0], 1),
   }
   print(f"Backbone forward at {s} px, batch {b}, on {summary['device']}")
   print(f"{'network/dtype':<16}{'ours img/s':>12}{'torch img/s':>13}{'ours/torch':>12}"
@@ -145,7 +148,8 @@ def main() -> None:
   for key, ours_ips, torch_ips, ratio, compile_s in rows:
     ratio_text = f"{ratio:.2f}" if ratio is not None else "-"
     print(f"{key:<16}{ours_ips:>12.1f}{torch_ips:>13.1f}{ratio_text:>12}{compile_s:>11.1f}")
-  print(f"total {summary['total_s']:.0f} s, peak RSS {summary['peak_rss_gb']:.2f} GB")
+  print(f"total {summary['total_s']:.0f} s, peak RSS {summary['peak_rss_gb']:.2f} GB, "
+        f"load average {summary['load_average']:.1f}")
   if args.json:
     print(json.dumps(summary))
 
