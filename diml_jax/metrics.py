@@ -306,21 +306,21 @@ def _kmeans(x, key, *, k, iterations, chunk):
 
     def one(xc):  # argmin ||x - c||^2 = argmin |c|^2 - 2 <x, c>
       dist = csq[None, :] - 2.0 * xc @ centroids.T
-      a = jnp.argmin(dist, axis=1)
-      return a, jnp.take_along_axis(dist, a[:, None], axis=1)[:, 0]
+      return jnp.argmin(dist, axis=1)
 
-    a, dist = jax.lax.map(one, xs)
-    return a.reshape(-1)[:n].astype(jnp.int32), dist.reshape(-1)[:n]
+    return jax.lax.map(one, xs).reshape(-1)[:n].astype(jnp.int32)
 
   def lloyd(_, centroids):
-    a, _ = assign(centroids)
+    a = assign(centroids)
     sums = jax.ops.segment_sum(x, a, num_segments=k)
     counts = jax.ops.segment_sum(jnp.ones(n, x.dtype), a, num_segments=k)
     return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], centroids)
 
   centroids = jax.lax.fori_loop(0, iterations, lloyd, centroids)
-  a, dist = assign(centroids)
-  return KMeans(centroids, a, jnp.sum(jnp.maximum(dist + sq, 0.0)))
+  a = assign(centroids)
+  # The inertia from the differences themselves: |x|^2 - 2 <x, c> + |c|^2 loses digits to
+  # cancellation in float32 when the points are far from the origin.
+  return KMeans(centroids, a, jnp.sum(jnp.square(x - centroids[a])))
 
 
 def _sq_distances(x, sq, c):
