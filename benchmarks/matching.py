@@ -24,7 +24,9 @@ The script exits with status 1 when diml_jax is further than ``ACCURACY_BOUND`` 
 converged values (the published stop rule is looser; its own error is printed).
 
 Each timing is, as ``timeit`` measures, the best per-call time over several bursts of
-back-to-back calls (each at least 0.2 s long), the functions' bursts interleaved.
+back-to-back calls (each at least 0.2 s long), the functions' bursts interleaved; the
+median over the bursts is printed beside it (and in the JSON, the per-anchor ratio of
+the medians), to show how much the machine moved during the run.
 
   python benchmarks/matching.py [--json] [--repeats 5] [--no-memory] [--batch 112]
 """
@@ -64,10 +66,12 @@ def features(regime: str, n: int, seed: int) -> np.ndarray:
   return x
 
 
-def best_times(fns: dict, repeats: int) -> dict:
-  """Per-call wall time of each function: the best over ``repeats`` bursts of back-to-back
-  calls, each as many calls as take at least 0.2 s (``Timer.autorange``, after one
-  warm-up call), divided by the calls in the burst; the functions' bursts alternate.
+def burst_times(fns: dict, repeats: int) -> dict:
+  """Per-call wall times of each function, one per burst: ``repeats`` bursts of
+  back-to-back calls, each as many calls as take at least 0.2 s (``Timer.autorange``,
+  after one warm-up call), divided by the calls in the burst; the functions' bursts
+  alternate. The best of them is the figure (as ``timeit`` advises); their median shows
+  how much the machine moved.
 
   A call that starts after a core has been idle, or busy with another program, runs
   slower for a few milliseconds; bursts put all functions in the same steady state.
@@ -76,11 +80,11 @@ def best_times(fns: dict, repeats: int) -> dict:
   for f in fns.values():
     f()
   number = {k: timer.autorange()[0] for k, timer in timers.items()}
-  best = {k: float("inf") for k in fns}
+  times = {k: [] for k in fns}
   for _ in range(repeats):
     for k, timer in timers.items():
-      best[k] = min(best[k], timer.timeit(number[k]) / number[k])
-  return best
+      times[k].append(timer.timeit(number[k]) / number[k])
+  return times
 
 
 def all_pairs_row(regime: str, repeats: int) -> dict:
@@ -95,7 +99,7 @@ def all_pairs_row(regime: str, repeats: int) -> dict:
   ours_same = jax.jit(lambda x: matching.pairwise(x, x, options=same))
   symmetric = jax.jit(lambda x: matching.pairwise(x))
   with torch.no_grad():
-    times = best_times({
+    bursts = burst_times({
         "ours": lambda: ours(xj).block_until_ready(),
         "ours same iterations": lambda: ours_same(xj).block_until_ready(),
         "symmetric": lambda: symmetric(xj).block_until_ready(),
@@ -106,10 +110,12 @@ def all_pairs_row(regime: str, repeats: int) -> dict:
   ref_values = ref_values.numpy()
   values = {k: np.asarray(f(xj)) for k, f in
             (("ours", ours), ("ours same iterations", ours_same), ("symmetric", symmetric))}
+  times = {k: min(v) for k, v in bursts.items()}
   pairs = B * B
   q = max(1, min(int(np.sqrt(matching.SinkhornOptions().block)), -(-B // 4)))
   return {
       "regime": regime, "pairs": pairs, "times": times,
+      "median_times": {k: float(np.median(v)) for k, v in bursts.items()},
       "ratio_criterion": times["criterion"] / times["ours"],
       "ratio_per_anchor": times["per anchor"] / times["ours"],
       "ratio": min(times["criterion"], times["per anchor"]) / times["ours"],
@@ -142,8 +148,9 @@ def rerank_row(repeats: int) -> dict:
     return [reference.calc_similarity(qn[i], gq[i], cn[i], gc[i]) for i in range(sub)]
 
   with torch.no_grad():
-    times = best_times({"ours": lambda: ours(qj, cj).block_until_ready(), "ref": ref},
-                       max(1, repeats // 2))
+    times = {k: min(v) for k, v in burst_times(
+        {"ours": lambda: ours(qj, cj).block_until_ready(), "ref": ref},
+        max(1, repeats // 2)).items()}
   ref_s = times["ref"] * nq / sub
   return {"ours_s": times["ours"], "ref_s": ref_s, "ratio": ref_s / times["ours"],
           "ours_pairs_per_s": nq * k / times["ours"]}
@@ -212,6 +219,12 @@ def main():
           f"{r['ratio_per_anchor']:>13.1f}x {r['ref_iterations']:>6} ({its[0]}-{its[1]}) "
           f"{r['max_abs_diff_vs_ref']:>11.1e}")
   print("  ref iterations: the criterion's batched loop (the per-anchor calls' range)")
+  for r in rows.values():
+    t, m = r["times"], r["median_times"]
+    print(f"  {r['regime']}: per call, best (median) of the bursts: diml_jax "
+          f"{t['ours'] * 1e3:.1f} ({m['ours'] * 1e3:.1f}) ms, criterion "
+          f"{t['criterion'] * 1e3:.0f} ({m['criterion'] * 1e3:.0f}) ms, per anchor "
+          f"{t['per anchor'] * 1e3:.0f} ({m['per anchor'] * 1e3:.0f}) ms")
   print("\nequal iterations: diml_jax runs exactly the criterion's iteration count, no "
         "checks (solver speed without the stopping rule)")
   for r in rows.values():
@@ -248,6 +261,9 @@ def main():
         "ratio_vs_criterion": {k: round(r["ratio_criterion"], 2) for k, r in rows.items()},
         "ratio_vs_per_anchor": {k: round(r["ratio_per_anchor"], 2) for k, r in rows.items()},
         "pairs_per_s_by_regime": {k: round(r["pairs_per_s"]) for k, r in rows.items()},
+        "ratio_vs_per_anchor_of_medians": {
+            k: round(r["median_times"]["per anchor"] / r["median_times"]["ours"], 2)
+            for k, r in rows.items()},
         "equal_iterations_ratio": {k: round(r["same_iterations_ratio"], 2)
                                    for k, r in rows.items()},
         "reference_iterations": {k: r["ref_iterations"] for k, r in rows.items()},
